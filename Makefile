@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make lab` (set up + open the suite) and `make test` (set up + run the tests).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8888
+
+.PHONY: lab test test-browser demo figures app bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e . 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PY) -c "import lossreduce_demo, torch, ipywidgets"
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PY) -c "import pytest, hypothesis, nbclient"
+	touch $@
+
+lab: $(VENV)/.installed  ## set up and open the suite in JupyterLab
+	$(VENV)/bin/jupyter lab notebooks/00_start_here.ipynb
+
+test: $(VENV)/.installed-dev  ## set up and run every test (notebooks included, in fast mode)
+	LOSSREDUCE_FAST=1 LOSSREDUCE_THREADS=1 $(PY) -m pytest -m "not browser"
+
+test-browser: $(VENV)/.installed-dev  ## widgets in JupyterLab and Voila, driven in headless Chromium
+	LOSSREDUCE_FAST=1 LOSSREDUCE_THREADS=1 $(PY) -m pytest -m browser
+
+demo: $(VENV)/.installed  ## the headless default job
+	$(PY) -m lossreduce_demo weights data/default_chats.jsonl --scheme seq-mean-token-mean --micro-batches 4 \
+		--normalization local --out build/weights.csv
+
+bench: $(VENV)/.installed-dev
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check lossreduce_demo tests bench notebooks
+
+clean:
+	rm -rf build results .pytest_cache

@@ -1,0 +1,147 @@
+"""Command line: `python -m lossreduce_demo {weights,make-data,experiment,dp-check} ...`.
+
+User errors (bad files, bad options) print one line `error: ...` and exit with status 2 — no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .chats import ChatFormatError
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .layouts import LAYOUTS
+    from .reductions import NORMALIZATIONS, SCHEMES
+
+    parser = argparse.ArgumentParser(prog="python -m lossreduce_demo", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser("weights", help="per-token weights of a chat JSONL under a reduction scheme")
+    w.add_argument("file", help="chat JSONL: one {'messages': [...]} per line")
+    w.add_argument("--scheme", default="token-mean", choices=SCHEMES)
+    w.add_argument("--alpha", type=_finite_float, default=0.5, help="exponent of length-power")
+    w.add_argument("--format", default="multiturn", choices=LAYOUTS, dest="layout")
+    w.add_argument("--ranks", type=_positive_int, default=1, help="data-parallel ranks R")
+    w.add_argument("--micro-batches", type=_positive_int, default=1, help="gradient-accumulation steps K")
+    w.add_argument("--normalization", default="global", choices=NORMALIZATIONS)
+    w.add_argument("--l-max", type=_positive_float, default=None,
+                   help="constant L_max of seq-mean-token-sum-norm (default: the longest sample's loss tokens)")
+    w.add_argument("--row-len", type=_positive_int, default=None,
+                   help="packed row length (default: the longest conversation)")
+    w.add_argument("--skip-no-assistant", action="store_true", help="skip conversations without an assistant turn")
+    w.add_argument("--out", default=None, help="write one row per token to this CSV")
+
+    d = sub.add_parser("make-data", help="regenerate the shipped datasets in data/ (byte-identical)")
+    d.add_argument("--out-dir", default=str(DATA_DIR))
+
+    e = sub.add_parser("experiment", help="run a SCIENCE.md experiment, write NAME.csv and NAME.png")
+    e.add_argument("name", help="e1, e2, ... (see README)")
+    e.add_argument("--seeds", type=_positive_int, default=3)
+    e.add_argument("--out", default="results")
+    e.add_argument("--fast", action="store_true", help="shrunk run (same as LOSSREDUCE_FAST=1)")
+
+    p = sub.add_parser("dp-check", help="data parallel in real processes vs one process")
+    p.add_argument("--ranks", type=_positive_int, default=2)
+    p.add_argument("--scheme", default="token-mean", choices=SCHEMES)
+    p.add_argument("--normalization", default="global", choices=NORMALIZATIONS)
+    p.add_argument("--alpha", type=_finite_float, default=0.5)
+    p.add_argument("--backend", default=None, help="gloo (CPU, default) or nccl")
+    return parser
+
+
+def cmd_weights(args) -> int:
+    from .chats import load_chats
+    from .reductions import Scheme
+    from .report import weights_summary, weights_table
+
+    chats = load_chats(args.file, on_no_assistant="skip" if args.skip_no_assistant else "error")
+    scheme = Scheme(args.scheme, alpha=args.alpha, l_max=args.l_max)
+    table = weights_table(chats, scheme, layout=args.layout, ranks=args.ranks, micro_batches=args.micro_batches,
+                          normalization=args.normalization, row_len=args.row_len)
+    per_sample, per_turn = weights_summary(table)
+    print(f"{args.file}: {len(chats)} conversations, {int(table.loss_mask.sum())} loss tokens, "
+          f"scheme={scheme.label}, format={args.layout}, R={args.ranks}, K={args.micro_batches}, "
+          f"normalization={args.normalization}, total weight={table.weight.sum():.6g}")
+    for title, frame in (("per sample", per_sample), ("per assistant turn", per_turn)):
+        print(f"\n{title} (first 10 of {len(frame)}):")
+        print(frame.head(10).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.out, index=False)
+        print(f"\nwrote {len(table)} rows to {args.out}")
+    return 0
+
+
+def cmd_make_data(args) -> int:
+    from .synth import write_shipped
+
+    for path in write_shipped(args.out_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_experiment(args) -> int:
+    import os
+
+    if args.fast:
+        os.environ["LOSSREDUCE_FAST"] = "1"
+    from .experiments import run_experiment
+
+    result = run_experiment(args.name, seeds=args.seeds, out_dir=args.out)
+    print(result.verdict.to_string(index=False))
+    print(f"wrote {result.csv_path} and {result.png_path}")
+    return 0 if bool(result.verdict["passed"].fillna(True).all()) else 1
+
+
+def cmd_dp_check(args) -> int:
+    from .distributed import dp_check_main
+
+    return dp_check_main(args)
+
+
+COMMANDS = {"weights": cmd_weights, "make-data": cmd_make_data, "experiment": cmd_experiment,
+            "dp-check": cmd_dp_check}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ChatFormatError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,54 @@
+"""SCIENCE.md experiments behind one interface: `run_experiment(name, seeds, out_dir)`.
+
+Each experiment module exposes `run(seeds: int) -> ExperimentResult`; the registry below maps names to them,
+imported lazily so the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+# Tidy long-form columns every experiment CSV has (empty where they do not apply).
+COLUMNS = ["experiment", "seed", "scheme", "normalization", "format", "micro_batch_size", "grad_accum",
+           "metric", "value", "predicted", "passed"]
+
+# name -> "module:function" inside lossreduce_demo.experiments
+REGISTRY: dict[str, str] = {}
+
+
+@dataclass
+class ExperimentResult:
+    name: str
+    table: pd.DataFrame  # tidy long form, COLUMNS first (more columns allowed after them)
+    verdict: pd.DataFrame  # one row per check: what, predicted, measured, passed
+    figure: object  # matplotlib Figure
+    csv_path: Path | None = None
+    png_path: Path | None = None
+
+
+def tidy(rows: list[dict]) -> pd.DataFrame:
+    """Rows -> DataFrame with COLUMNS first, missing ones empty."""
+    frame = pd.DataFrame(rows)
+    for col in COLUMNS:
+        if col not in frame:
+            frame[col] = pd.NA
+    return frame[COLUMNS + [c for c in frame.columns if c not in COLUMNS]]
+
+
+def run_experiment(name: str, seeds: int = 3, out_dir="results") -> ExperimentResult:
+    """Run experiment `name`, write out_dir/NAME.csv and out_dir/NAME.png."""
+    key = name.lower()
+    if key not in REGISTRY:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(sorted(REGISTRY))}")
+    module, func = REGISTRY[key].split(":")
+    result: ExperimentResult = getattr(importlib.import_module(f"{__name__}.{module}"), func)(seeds=seeds)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result.csv_path, result.png_path = out / f"{key}.csv", out / f"{key}.png"
+    result.table.to_csv(result.csv_path, index=False)
+    result.figure.savefig(result.png_path, dpi=120, bbox_inches="tight")
+    return result

@@ -1,0 +1,205 @@
+"""Layouts: how conversations become training rows (the seed's diagrams).
+
+- `split` (format A): one sample per assistant turn, with its whole prefix; loss on that turn only.
+- `multiturn` (format B): one sample per conversation, loss on every assistant turn.
+- `packed`: several conversations per fixed-length row, positions restarting per conversation and a
+  block-diagonal causal attention mask; a sample is still one conversation.
+
+Labels live on the token sequence: `loss_mask[b, t]` says token t is a target (predicted from tokens < t),
+so the weight of a token is the weight of predicting it. The model sees `tokens[:, :-1]`, predicts `tokens[:, 1:]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .chats import ChatFormatError, Conversation
+from .tokenizer import PAD, ROLE_CODES, RenderedChat, render
+
+LAYOUTS = ("split", "multiturn", "packed")
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Batch:
+    """A padded batch of rows; every field is (rows, row_len). Ids are global within the batch, -1 on padding."""
+
+    tokens: torch.Tensor  # token ids, PAD where empty
+    loss_mask: torch.Tensor  # bool, True where the token is a training target
+    sample_id: torch.Tensor  # training sample the token belongs to
+    conversation_id: torch.Tensor  # conversation the token comes from
+    turn_id: torch.Tensor  # global index of the assistant turn (-1 outside assistant messages)
+    turn_in_conversation: torch.Tensor  # 0..T-1 within its conversation (-1 outside assistant messages)
+    role: torch.Tensor  # tokenizer.ROLE_CODES
+    segment_id: torch.Tensor  # conversation's slot within its row (packed), 0 otherwise, -1 on padding
+    position: torch.Tensor  # position within its own conversation (restarts per packed segment)
+    layout: str = "multiturn"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.tokens.shape)
+
+    def select(self, rows) -> Batch:
+        """A sub-batch (e.g. one micro-batch) keeping the global ids."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return Batch(**{f.name: getattr(self, f.name)[rows] for f in fields(self) if f.name != "layout"},
+                     layout=self.layout)
+
+    def to(self, device) -> Batch:
+        return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self) if f.name != "layout"},
+                     layout=self.layout)
+
+    def attention_mask(self) -> torch.Tensor:
+        """(B, 1, T, T) bool, True = may attend: causal, within the same conversation segment.
+
+        Padding queries attend to themselves only, so no attention row is empty (an empty row gives NaN)."""
+        T = self.tokens.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=self.tokens.device).tril()
+        same = self.segment_id[:, :, None] == self.segment_id[:, None, :]
+        mask = same & causal & (self.segment_id[:, None, :] >= 0)
+        mask = mask | torch.eye(T, dtype=torch.bool, device=self.tokens.device)
+        return mask[:, None]
+
+    def model_inputs(self) -> dict:
+        """Keyword arguments for `GPT.forward`: inputs, targets (IGNORE_INDEX off the loss mask), positions, mask."""
+        targets = torch.where(self.loss_mask[:, 1:], self.tokens[:, 1:], IGNORE_INDEX)
+        attn = self.attention_mask()[:, :, :-1, :-1] if self.layout == "packed" else None
+        return dict(idx=self.tokens[:, :-1], targets=targets, positions=self.position[:, :-1], attn_mask=attn)
+
+
+def token_losses(model, batch: Batch) -> torch.Tensor:
+    """Per-token cross-entropy on the batch's own grid (B, T): entry [b, t] is the loss of predicting token t."""
+    _, loss = model(**batch.model_inputs())
+    return F.pad(loss, (1, 0))
+
+
+def _rendered(conversations) -> list[RenderedChat]:
+    return [c if isinstance(c, RenderedChat) else render(c) for c in conversations]
+
+
+def _where(chat: RenderedChat, index: int) -> str:
+    return chat.origin or f"conversation {index}"
+
+
+def _check_length(chat: RenderedChat, index: int, n_tokens: int, limit: int | None, what: str) -> None:
+    if limit is not None and n_tokens > limit:
+        raise ChatFormatError(
+            f"{_where(chat, index)}: messages: {what} has {n_tokens} tokens, longer than the limit of {limit} "
+            "(raise the row length / context, or drop or shorten this conversation)")
+
+
+class _RowBuilder:
+    """Collects labelled rows, then pads them into a Batch."""
+
+    def __init__(self):
+        self.rows: list[dict[str, list[int]]] = []
+
+    def new_row(self) -> None:
+        self.rows.append({k: [] for k in ("tokens", "loss_mask", "sample_id", "conversation_id", "turn_id",
+                                          "turn_in_conversation", "role", "segment_id", "position")})
+
+    def add(self, chat: RenderedChat, end: int, *, loss_turn: int | None, sample: int, conversation: int,
+            turn_offset: int, segment: int) -> None:
+        """Append chat.tokens[:end] to the current row; loss on turn `loss_turn` only, or on all turns if None."""
+        row = self.rows[-1]
+        for t in range(end):
+            tj = chat.turn[t]
+            row["tokens"].append(chat.tokens[t])
+            row["loss_mask"].append(int(chat.loss_mask[t] and (loss_turn is None or tj == loss_turn)))
+            row["sample_id"].append(sample)
+            row["conversation_id"].append(conversation)
+            row["turn_id"].append(turn_offset + tj if tj >= 0 else -1)
+            row["turn_in_conversation"].append(tj)
+            row["role"].append(chat.role[t])
+            row["segment_id"].append(segment)
+            row["position"].append(t)
+
+    def build(self, layout: str, row_len: int | None = None) -> Batch:
+        T = row_len or max((len(r["tokens"]) for r in self.rows), default=1)
+        pad_value = {"tokens": PAD, "loss_mask": 0, "role": ROLE_CODES["pad"], "position": 0}
+        arrays = {}
+        for key in self.rows[0] if self.rows else ():
+            arr = np.full((len(self.rows), T), pad_value.get(key, -1), dtype=np.int64)
+            for i, r in enumerate(self.rows):
+                arr[i, : len(r[key])] = r[key]
+            arrays[key] = torch.from_numpy(arr)
+        if not arrays:
+            raise ValueError("no conversations to lay out")
+        arrays["loss_mask"] = arrays["loss_mask"].bool()
+        return Batch(**arrays, layout=layout)
+
+
+def split_layout(conversations, max_len: int | None = None) -> Batch:
+    """Format A: one row per assistant turn, holding the whole prefix; loss on that turn only."""
+    chats, rows = _rendered(conversations), _RowBuilder()
+    sample, turn_offset = 0, 0
+    for c, chat in enumerate(chats):
+        for j in range(chat.n_turns):
+            end = chat.turn_end(j)
+            _check_length(chat, c, end, max_len, f"assistant turn {j} with its prefix")
+            rows.new_row()
+            rows.add(chat, end, loss_turn=j, sample=sample, conversation=c, turn_offset=turn_offset, segment=0)
+            sample += 1
+        turn_offset += chat.n_turns
+    return rows.build("split")
+
+
+def multiturn_layout(conversations, max_len: int | None = None) -> Batch:
+    """Format B: one row per conversation, loss on every assistant turn."""
+    chats, rows = _rendered(conversations), _RowBuilder()
+    turn_offset = 0
+    for c, chat in enumerate(chats):
+        _check_length(chat, c, len(chat), max_len, "the conversation")
+        rows.new_row()
+        rows.add(chat, len(chat), loss_turn=None, sample=c, conversation=c, turn_offset=turn_offset, segment=0)
+        turn_offset += chat.n_turns
+    return rows.build("multiturn")
+
+
+def packed_layout(conversations, row_len: int | None = None) -> Batch:
+    """Conversations packed in order into rows of `row_len` tokens (default: the longest conversation)."""
+    chats, rows = _rendered(conversations), _RowBuilder()
+    row_len = row_len or max(len(c) for c in chats)
+    turn_offset, filled, segment = 0, row_len, 0
+    for c, chat in enumerate(chats):
+        _check_length(chat, c, len(chat), row_len, "the conversation")
+        if filled + len(chat) > row_len:
+            rows.new_row()
+            filled, segment = 0, 0
+        rows.add(chat, len(chat), loss_turn=None, sample=c, conversation=c, turn_offset=turn_offset,
+                 segment=segment)
+        filled, segment, turn_offset = filled + len(chat), segment + 1, turn_offset + chat.n_turns
+    return rows.build("packed", row_len)
+
+
+def make_layout(conversations, layout: str, *, max_len: int | None = None, row_len: int | None = None) -> Batch:
+    """Dispatch by name: split | multiturn | packed."""
+    if layout == "split":
+        return split_layout(conversations, max_len)
+    if layout == "multiturn":
+        return multiturn_layout(conversations, max_len)
+    if layout == "packed":
+        return packed_layout(conversations, row_len or max_len)
+    raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+
+
+def layout_waste(batch: Batch) -> dict:
+    """How much compute a layout spends per loss token."""
+    slots = batch.tokens.numel()
+    tokens = int((batch.segment_id >= 0).sum())
+    loss_tokens = int(batch.loss_mask.sum())
+    return {
+        "layout": batch.layout,
+        "rows": batch.tokens.shape[0],
+        "row_len": batch.tokens.shape[1],
+        "slots": slots,
+        "tokens": tokens,
+        "loss_tokens": loss_tokens,
+        "padding_fraction": 1 - tokens / slots,
+        "tokens_per_loss_token": tokens / max(loss_tokens, 1),
+        "slots_per_loss_token": slots / max(loss_tokens, 1),
+    }

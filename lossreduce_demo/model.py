@@ -1,0 +1,195 @@
+"""A tiny nanoGPT-style decoder that returns an UNREDUCED per-token loss.
+
+The model never averages anything: ``forward`` returns a (B, T) loss map so the caller
+(the reduction schemes in this package) decides how tokens, sequences and batches are weighted.
+
+Written to work with ``torch.func``: no in-place ops on inputs and no data-dependent Python
+control flow in ``forward`` (only shape checks), so ``functional_call``, ``vmap(grad(...))``
+for per-sample gradients and ``stack_module_state`` + ``vmap`` over model copies all work.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100  # targets equal to this get loss 0 (same default as F.cross_entropy)
+
+# Under vmap, CPU SDPA has no batching rule yet and torch falls back to a (correct) per-sample loop,
+# warning once per call site. It is fast enough at this size; silence only that exact message.
+warnings.filterwarnings(
+    "ignore", message=r"There is a performance drop because we have not yet implemented the batching rule "
+    r"for aten::_scaled_dot_product"
+)
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 264  # tokens in the vocabulary (byte-level 256 + a few specials)
+    context_len: int = 128  # max tokens per row; longer inputs raise ValueError
+    n_layer: int = 2  # number of transformer blocks
+    n_head: int = 4  # attention heads per block; must divide d_model
+    d_model: int = 64  # residual stream width (embedding size)
+    dropout: float = 0.0  # dropout on attention weights and residual branches (train mode only)
+    bias: bool = True  # bias in Linear layers and LayerNorms
+
+
+TINY = GPTConfig()
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        if cfg.d_model % cfg.n_head != 0:
+            raise ValueError(f"d_model={cfg.d_model} must be divisible by n_head={cfg.n_head}")
+        self.n_head = cfg.n_head
+        self.dropout = cfg.dropout
+        self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)  # residual projection
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        p = self.dropout if self.training else 0.0
+        if attn_mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        else:  # attn_mask: (B, 1, T, T) bool, broadcast over heads
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads re-assembled
+        return self.resid_drop(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.d_model, 4 * cfg.d_model, bias=cfg.bias)
+        self.c_proj = nn.Linear(4 * cfg.d_model, cfg.d_model, bias=cfg.bias)  # residual projection
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(self.c_fc(x))  # (B, T, 4C)
+        return self.drop(self.c_proj(h))  # (B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask)  # pre-norm residual
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig = TINY):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)  # token embedding
+        self.wpe = nn.Embedding(cfg.context_len, cfg.d_model)  # learned position embedding
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.apply(self._init_weights)
+        # GPT-2 style: scale residual projections so the residual stream variance stays O(1) with depth.
+        for name, prm in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(prm, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return ``(logits, per_token_loss)``.
+
+        idx: (B, T) long token ids.
+        targets: optional (B, T) long; entries equal to IGNORE_INDEX get loss exactly 0.
+        attn_mask: optional (B, T, T) or (B, 1, T, T) bool, True = query may attend to key. It must
+            already include causality (e.g. the block-diagonal causal mask of packed rows). The diagonal
+            is OR-ed in, so a query row that is all False (padding) attends to itself instead of
+            producing NaN from a softmax over nothing. None -> plain causal attention.
+        positions: optional (B, T) long position ids (packed rows restart at 0 per conversation);
+            values must be < context_len. None -> arange(T) for every row.
+
+        logits: (B, T, vocab_size). per_token_loss: (B, T) UNREDUCED cross-entropy, or None
+        without targets.
+        """
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be (B, T), got shape {tuple(idx.shape)}")
+        B, T = idx.shape
+        if T > self.cfg.context_len:
+            raise ValueError(f"sequence length {T} exceeds context_len {self.cfg.context_len}")
+        if positions is None:
+            positions = torch.arange(T, device=idx.device)  # (T,), broadcasts over B
+        elif positions.shape != idx.shape:
+            raise ValueError(f"positions shape {tuple(positions.shape)} != idx shape {tuple(idx.shape)}")
+        if attn_mask is not None:
+            if attn_mask.dtype != torch.bool:
+                raise ValueError(f"attn_mask must be bool (True = may attend), got {attn_mask.dtype}")
+            if attn_mask.dim() == 3:
+                attn_mask = attn_mask.unsqueeze(1)  # (B, 1, T, T)
+            if attn_mask.shape[-2:] != (T, T) or attn_mask.dim() != 4:
+                raise ValueError(f"attn_mask must be (B, T, T) or (B, 1, T, T), got {tuple(attn_mask.shape)}")
+            eye = torch.eye(T, dtype=torch.bool, device=idx.device)
+            attn_mask = attn_mask | eye  # new tensor; every query sees at least itself -> no NaN
+
+        x = self.drop(self.wte(idx) + self.wpe(positions))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x, attn_mask)  # (B, T, C)
+        # lm_head tied to the token embedding: one (V, C) matrix "wte.weight". Using it directly (rather
+        # than a second nn.Linear sharing the Parameter) keeps the tie intact under .to("meta"),
+        # stack_module_state and functional_call, which can silently untie shared Parameters.
+        logits = F.linear(self.ln_f(x), self.wte.weight)  # (B, T, V)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(
+            logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+        )  # (B*T,)
+        return logits, loss.view(B, T)  # (B, T)
+
+
+def num_params(model: nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def set_torch_threads() -> int:
+    """Apply env var LOSSREDUCE_THREADS (int >= 1) to torch.set_num_threads; return threads in use."""
+    raw = os.environ.get("LOSSREDUCE_THREADS", "").strip()
+    if raw:
+        try:
+            n = int(raw)
+        except ValueError:
+            raise ValueError(f"LOSSREDUCE_THREADS must be an integer, got {raw!r}") from None
+        if n < 1:
+            raise ValueError(f"LOSSREDUCE_THREADS must be >= 1, got {n}")
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
