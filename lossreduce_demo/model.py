@@ -10,23 +10,31 @@ for per-sample gradients and ``stack_module_state`` + ``vmap`` over model copies
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 IGNORE_INDEX = -100  # targets equal to this get loss 0 (same default as F.cross_entropy)
 
-# Under vmap, CPU SDPA has no batching rule yet and torch falls back to a (correct) per-sample loop,
-# warning once per call site. It is fast enough at this size; silence only that exact message.
-warnings.filterwarnings(
-    "ignore", message=r"There is a performance drop because we have not yet implemented the batching rule "
-    r"for aten::_scaled_dot_product"
-)
+
+def _sdpa_backend():
+    """Inside torch.func transforms (vmap, grad) pin SDPA to its MATH backend.
+
+    The fused CPU flash kernel has no vmap batching rule, so torch would fall back to a slow
+    per-sample loop and warn; the math backend is made of batchable ops. Outside transforms the
+    fastest kernel is chosen as usual. (The check is a private torch helper: if it ever disappears we
+    simply skip the pinning, which is still correct, only slower and noisier.)
+    """
+    active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)()
+    if active:
+        return sdpa_kernel([SDPBackend.MATH])
+    return contextlib.nullcontext()
 
 
 @dataclass
@@ -62,10 +70,11 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         p = self.dropout if self.training else 0.0
-        if attn_mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        else:  # attn_mask: (B, 1, T, T) bool, broadcast over heads
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        with _sdpa_backend():
+            if attn_mask is None:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hs)
+            else:  # attn_mask: (B, 1, T, T) bool, broadcast over heads
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads re-assembled
         return self.resid_drop(self.c_proj(y))
 

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from lossreduce_demo.model import (
+    GPT,
     IGNORE_INDEX,
     TINY,
-    GPT,
     GPTConfig,
     default_device,
     num_params,
@@ -37,7 +37,13 @@ def rand_batch(B: int, T: int, vocab: int, seed: int = 1) -> tuple[torch.Tensor,
 
 def test_config_defaults():
     assert TINY == GPTConfig()
-    assert (TINY.vocab_size, TINY.context_len, TINY.n_layer, TINY.n_head, TINY.d_model) == (264, 128, 2, 4, 64)
+    assert (TINY.vocab_size, TINY.context_len, TINY.n_layer, TINY.n_head, TINY.d_model) == (
+        264,
+        128,
+        2,
+        4,
+        64,
+    )
     assert TINY.dropout == 0.0 and TINY.bias is True
     assert IGNORE_INDEX == -100
 
@@ -195,7 +201,7 @@ def test_per_sample_grads_vmap_equal_loop():
         return loss.sum()
 
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no warnings leak out (the SDPA fallback one is filtered)
+        warnings.simplefilter("error")  # no "batching rule" fallback warning from SDPA
         per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0, 0, 0))(params, idx, tgt, mask, pos)
 
     for i in range(B):

@@ -17,7 +17,15 @@ COLUMNS = ["experiment", "seed", "scheme", "normalization", "format", "micro_bat
            "metric", "value", "predicted", "passed"]
 
 # name -> "module:function" inside lossreduce_demo.experiments
-REGISTRY: dict[str, str] = {}
+REGISTRY: dict[str, str] = {
+    "e1": "sft:run_e1",  # learned length prior
+    "e2": "sft:run_e2",  # gradient accumulation, naive vs global
+    "e3": "dp:run_e3",  # data parallel in real processes
+    "e4": "sft:run_e4",  # formats x schemes
+    "e5": "sft:run_e5",  # sum vs mean vs optimizer
+    "e6": "rl:run_e6",  # RL, DAPO analogue
+    "e7": "rl:run_e7",  # RL, Dr. GRPO
+}
 
 
 @dataclass

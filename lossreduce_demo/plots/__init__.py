@@ -1,0 +1,47 @@
+"""All plots of the suite, one house style. Every plot function returns a matplotlib Figure and never saves.
+
+Submodules by topic (weights, training, rl, dp) re-export here, so notebooks use `from lossreduce_demo import plots`.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+
+# Okabe–Ito, colour-blind safe. One colour per scheme everywhere in the suite.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+SCHEME_COLORS = {
+    "token-mean": "#0072B2",
+    "seq-mean-token-mean": "#D55E00",
+    "seq-mean-token-sum": "#E69F00",
+    "seq-mean-token-sum-norm": "#009E73",
+    "token-sum": "#000000",
+    "turn-mean": "#CC79A7",
+    "length-power": "#56B4E9",
+}
+ROLE_COLORS = {"pad": "#DDDDDD", "bos": "#999999", "system": "#CC79A7", "user": "#56B4E9", "assistant": "#E69F00"}
+
+
+def scheme_color(name: str) -> str:
+    return SCHEME_COLORS.get(str(name).split(" ")[0], PALETTE[hash(name) % len(PALETTE)])
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 7.0, height: float = 3.6, **kw):
+    """A figure in the house style, created without pyplot's global state (safe in widget callbacks)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    for ax in axes.flat:
+        ax.grid(True, alpha=0.25, linewidth=0.6)
+        ax.spines[["top", "right"]].set_visible(False)
+    return fig, (axes[0, 0] if nrows == ncols == 1 else axes)
+
+
+def show(fig) -> None:
+    """Display a Figure made by new_figure (in a notebook or an ipywidgets Output)."""
+    from IPython.display import display
+
+    display(fig)
+
+
+plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10})
