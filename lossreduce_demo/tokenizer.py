@@ -11,6 +11,7 @@ Rendering annotates every token with its role, the assistant turn it belongs to 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import groupby
 
 from .chats import Conversation
 
@@ -101,26 +102,8 @@ def render(conv: Conversation) -> RenderedChat:
 def template_text(conv: Conversation, mark_loss: bool = True) -> str:
     """The rendered template as text; with mark_loss, trained-on spans are wrapped in [[ ]]."""
     r = render(conv)
-    out, in_loss = [], False
-    for tok, m in zip(r.tokens, r.loss_mask):
-        if mark_loss and m and not in_loss:
-            out.append("[[")
-        if mark_loss and not m and in_loss:
-            out.append("]]")
-        in_loss = bool(m)
-        out.append(decode([tok]) if tok >= 256 else None)
-        if tok < 256:
-            out[-1] = bytes([tok])
-    if mark_loss and in_loss:
-        out.append("]]")
-    # join runs of bytes so multi-byte UTF-8 characters decode
-    text, buf = [], bytearray()
-    for piece in out:
-        if isinstance(piece, bytes):
-            buf += piece
-        else:
-            text.append(buf.decode("utf-8", errors="replace"))
-            buf = bytearray()
-            text.append(piece)
-    text.append(buf.decode("utf-8", errors="replace"))
-    return "".join(text)
+    pieces = []
+    for in_loss, run in groupby(zip(r.loss_mask, r.tokens), key=lambda pair: pair[0]):
+        text = decode([tok for _, tok in run])
+        pieces.append(f"[[{text}]]" if in_loss and mark_loss else text)
+    return "".join(pieces)
