@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .chats import ChatFormatError, Conversation
+from .chats import ChatFormatError
 from .tokenizer import PAD, ROLE_CODES, RenderedChat, render
 
 LAYOUTS = ("split", "multiturn", "packed")
@@ -88,8 +88,8 @@ def _where(chat: RenderedChat, index: int) -> str:
 def _check_length(chat: RenderedChat, index: int, n_tokens: int, limit: int | None, what: str) -> None:
     if limit is not None and n_tokens > limit:
         raise ChatFormatError(
-            f"{_where(chat, index)}: messages: {what} has {n_tokens} tokens, longer than the limit of {limit} "
-            "(raise the row length / context, or drop or shorten this conversation)")
+            _where(chat, index), None, "messages", f"{what} has {n_tokens} tokens, longer than the limit of "
+            f"{limit} (raise the row length / context, or drop or shorten this conversation)")
 
 
 class _RowBuilder:

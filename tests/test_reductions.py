@@ -1,0 +1,370 @@
+"""Reduction schemes as per-token weights (SCIENCE.md §2–4), checked against an independent oracle.
+
+Batches are built directly from per-sample lists of assistant-turn lengths (loss tokens per turn), so samples
+and turns with no loss token at all are easy to make.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lossreduce_demo.chats import conversation
+from lossreduce_demo.layouts import Batch
+from lossreduce_demo.reductions import (
+    SCHEMES,
+    BatchStats,
+    Scheme,
+    batch_stats,
+    effective_weights,
+    micro_batch_plan,
+    resolve_l_max,
+    token_weights,
+)
+from lossreduce_demo.report import weights_summary, weights_table
+
+PROMPT, TARGET = 97, 98  # token ids are irrelevant to weights; only the labels matter
+
+
+def make_batch(samples: list[list[int]], header: int = 1) -> Batch:
+    """One row per sample: <bos>, then per turn `header` prompt tokens and `n` loss tokens (n may be 0)."""
+    rows = []
+    turn_offset = 0
+    for i, turns in enumerate(samples):
+        tok, mask, turn_id, turn_in, role = [PROMPT], [0], [-1], [-1], [1]
+        for j, n in enumerate(turns):
+            tok += [PROMPT] * header + [TARGET] * n
+            mask += [0] * header + [1] * n
+            turn_id += [-1] * header + [turn_offset + j] * n
+            turn_in += [-1] * header + [j] * n
+            role += [3] * header + [4] * n
+        turn_offset += len(turns)
+        rows.append((tok, mask, turn_id, turn_in, role, i))
+    T = max(len(r[0]) for r in rows)
+
+    def grid(k, pad):
+        out = np.full((len(rows), T), pad, dtype=np.int64)
+        for b, r in enumerate(rows):
+            out[b, : len(r[0])] = r[k] if k < 5 else [r[5]] * len(r[0])
+        return torch.from_numpy(out)
+
+    seg = grid(5, -1).clamp(max=0)  # 0 on tokens, -1 on padding
+    pos = torch.arange(T).expand(len(rows), T).clone() * (seg >= 0)
+    return Batch(tokens=grid(0, 256), loss_mask=grid(1, 0).bool(), sample_id=grid(5, -1), conversation_id=grid(5, -1),
+                 turn_id=grid(2, -1), turn_in_conversation=grid(3, -1), role=grid(4, 0), segment_id=seg,
+                 position=pos, layout="multiturn")
+
+
+def oracle_weights(samples: list[list[int]], scheme: Scheme, header: int = 1) -> np.ndarray:
+    """The weights of SCIENCE.md §2 computed from the turn lengths alone (no torch, no shared code)."""
+    n_i = [sum(s) for s in samples]
+    N = sum(n_i)
+    B_g = sum(n > 0 for n in n_i)
+    T_g = sum(n > 0 for s in samples for n in s)
+    l_max = scheme.l_max if scheme.l_max is not None else max(n_i, default=1) or 1
+    T = max(1 + sum(header + n for n in s) for s in samples)
+    out = np.zeros((len(samples), T))
+    for b, turns in enumerate(samples):
+        t = 1
+        for n in turns:
+            t += header
+            for _ in range(n):
+                out[b, t] = {
+                    "token-mean": 1 / max(N, 1),
+                    "seq-mean-token-mean": 1 / (B_g * n_i[b]),
+                    "seq-mean-token-sum": 1 / B_g,
+                    "seq-mean-token-sum-norm": 1 / (B_g * l_max),
+                    "token-sum": 1.0,
+                    "turn-mean": 1 / (T_g * n),
+                    "length-power": n_i[b] ** (scheme.alpha - 1)
+                    / sum(m**scheme.alpha for m in n_i if m > 0),
+                }[scheme.name]
+                t += 1
+    return out
+
+
+turn_lengths = st.lists(st.integers(0, 12), min_size=0, max_size=4)
+sample_lists = st.lists(turn_lengths, min_size=1, max_size=10)
+schemes = st.builds(
+    Scheme,
+    st.sampled_from(SCHEMES),
+    alpha=st.floats(-1.0, 2.0, allow_nan=False),
+    l_max=st.none() | st.floats(1.0, 100.0, allow_nan=False),
+)
+ranks = st.integers(1, 4)
+micro = st.integers(1, 4)
+PROPERTY = settings(max_examples=200, deadline=None)
+
+
+def n_loss(samples) -> int:
+    return sum(sum(s) for s in samples)
+
+
+# ------------------------------------------------------------------ single-batch weights
+
+
+@PROPERTY
+@given(samples=sample_lists, scheme=schemes)
+def test_weights_match_the_formula_of_each_scheme(samples, scheme):
+    w = token_weights(make_batch(samples), scheme)
+    assert w.dtype == torch.float64
+    np.testing.assert_allclose(w.numpy(), oracle_weights(samples, scheme), rtol=1e-12, atol=0)
+
+
+@PROPERTY
+@given(samples=sample_lists, scheme=schemes)
+def test_weights_are_finite_nonnegative_and_sum_as_the_scheme_says(samples, scheme):
+    batch = make_batch(samples)
+    w = token_weights(batch, scheme)
+    assert torch.isfinite(w).all() and (w >= 0).all()
+    assert (w[~batch.loss_mask] == 0).all()
+    N = n_loss(samples)
+    n_i = [sum(s) for s in samples]
+    B_g = sum(n > 0 for n in n_i)
+    if N == 0:
+        assert (w == 0).all()
+        return
+    l_max = scheme.l_max if scheme.l_max is not None else max(n_i)
+    expected = {
+        "token-mean": 1.0,
+        "seq-mean-token-mean": 1.0,
+        "turn-mean": 1.0,
+        "length-power": 1.0,
+        "seq-mean-token-sum": N / B_g,
+        "seq-mean-token-sum-norm": N / (B_g * l_max),
+        "token-sum": float(N),
+    }[scheme.name]
+    assert float(w.sum()) == pytest.approx(expected, rel=1e-12)
+
+
+@PROPERTY
+@given(samples=sample_lists, alpha=st.floats(-1.0, 2.0, allow_nan=False))
+def test_length_power_interpolates_between_seq_mean_and_token_mean(samples, alpha):
+    batch = make_batch(samples)
+    lp = lambda a: token_weights(batch, Scheme("length-power", alpha=a))
+    torch.testing.assert_close(lp(0.0), token_weights(batch, "seq-mean-token-mean"), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(lp(1.0), token_weights(batch, "token-mean"), rtol=1e-12, atol=1e-15)
+    # alpha ranks long against short samples monotonically: per-token weight ∝ n^(alpha-1)
+    w = lp(alpha)
+    n_i = torch.tensor([float(sum(s)) for s in samples])
+    per_token = torch.stack([w[b][batch.loss_mask[b]].max() if n_i[b] > 0 else torch.tensor(0.0)
+                             for b in range(len(samples))])
+    longer = n_i[:, None] > n_i[None, :]
+    both = (n_i[:, None] > 0) & (n_i[None, :] > 0) & longer
+    ratio = (per_token[:, None] / per_token[None, :].clamp_min(1e-300))[both]
+    if alpha < 1:
+        assert (ratio < 1 + 1e-12).all()
+    elif alpha > 1:
+        assert (ratio > 1 - 1e-12).all()
+
+
+@PROPERTY
+@given(samples=sample_lists, scheme=schemes, where=st.lists(st.integers(0, 10), min_size=1, max_size=4),
+       empty_turns=st.integers(0, 3))
+def test_samples_without_loss_tokens_weigh_zero_and_do_not_count(samples, scheme, where, empty_turns):
+    with_empty = [list(s) for s in samples]
+    inserted = []
+    for pos in where:
+        pos = min(pos, len(with_empty))
+        with_empty.insert(pos, [0] * empty_turns)
+        inserted = [i + (i >= pos) for i in inserted] + [pos]
+    kept = [i for i in range(len(with_empty)) if i not in inserted]
+    w_plain = token_weights(make_batch(samples), scheme)
+    w_empty = token_weights(make_batch(with_empty), scheme)
+    assert (w_empty[inserted] == 0).all()
+    T = min(w_plain.shape[1], w_empty.shape[1])
+    torch.testing.assert_close(w_empty[kept][:, :T], w_plain[:, :T], rtol=1e-12, atol=0)
+    stats = batch_stats(make_batch(with_empty), scheme)
+    assert stats.n_samples == sum(sum(s) > 0 for s in samples)
+    assert stats.n_turns == sum(n > 0 for s in samples for n in s)
+
+
+@PROPERTY
+@given(shape=st.lists(st.integers(0, 3), min_size=1, max_size=6), scheme=schemes, R=ranks, K=micro,
+       normalization=st.sampled_from(["global", "local"]))
+def test_a_batch_without_loss_tokens_gets_all_zero_weights(shape, scheme, R, K, normalization):
+    batch = make_batch([[0] * t for t in shape])
+    assert (token_weights(batch, scheme) == 0).all()
+    w, rank, step = effective_weights(batch, scheme, ranks=R, micro_batches=K, normalization=normalization)
+    assert not torch.isnan(w).any() and (w == 0).all()
+
+
+# ------------------------------------------------------------------ gradient accumulation × data parallel
+
+
+def micro_batch_counts(samples, R, K, what: str) -> list[int]:
+    """Per micro-batch count of loss tokens / samples with loss / turns with loss, from the turn lengths."""
+    counts = []
+    for mb in micro_batch_plan(len(samples), R, K):
+        rows = [samples[i] for i in mb.rows]
+        counts.append({
+            "tokens": n_loss(rows),
+            "samples": sum(sum(s) > 0 for s in rows),
+            "turns": sum(n > 0 for s in rows for n in s),
+        }[what])
+    return counts
+
+
+@PROPERTY
+@given(samples=sample_lists, scheme=schemes, R=ranks, K=micro)
+def test_global_normalization_is_invariant_to_ranks_and_micro_batches(samples, scheme, R, K):
+    batch = make_batch(samples)
+    w, rank, step = effective_weights(batch, scheme, ranks=R, micro_batches=K, normalization="global")
+    w1, _, _ = effective_weights(batch, scheme)
+    torch.testing.assert_close(w, w1, rtol=0, atol=1e-12)
+    torch.testing.assert_close(w1, token_weights(batch, scheme), rtol=0, atol=1e-12)
+    # every row went to exactly one (rank, step) of the plan
+    for mb in micro_batch_plan(len(samples), R, K):
+        for r in mb.rows:
+            assert (rank[r] == mb.rank).all() and (step[r] == mb.step).all()
+
+
+@PROPERTY
+@given(n_rows=st.integers(0, 40), R=st.integers(1, 6), K=st.integers(1, 6))
+def test_micro_batch_plan_deals_every_row_once_in_order_and_balanced(n_rows, R, K):
+    plan = micro_batch_plan(n_rows, R, K)
+    assert len(plan) == R * K
+    assert [i for mb in plan for i in mb.rows] == list(range(n_rows))  # contiguous, in order, each row once
+    per_rank = [sum(len(mb.rows) for mb in plan if mb.rank == r) for r in range(R)]
+    assert max(per_rank) - min(per_rank) <= 1
+    for r in range(R):
+        sizes = [len(mb.rows) for mb in plan if mb.rank == r]
+        assert max(sizes) - min(sizes) <= 1
+    with pytest.raises(ValueError, match="ranks"):
+        micro_batch_plan(n_rows, 0, K)
+
+
+@PROPERTY
+@given(samples=sample_lists, scheme=schemes, R=ranks, K=micro)
+def test_batch_stats_are_additive_over_micro_batches(samples, scheme, R, K):
+    """What makes the global fix a single all-reduce: the full batch's counts are sums of the micro-batches'."""
+    batch = make_batch(samples)
+    total = BatchStats(0.0, 0.0, 0.0, 0.0)
+    for mb in micro_batch_plan(len(samples), R, K):
+        if mb.rows:
+            total = total + batch_stats(batch.select(list(mb.rows)), scheme)
+    np.testing.assert_allclose(total.as_tuple(), batch_stats(batch, scheme).as_tuple(), rtol=1e-12)
+
+
+@PROPERTY
+@given(samples=sample_lists, R=ranks, K=micro,
+       case=st.sampled_from([("token-mean", "tokens"), ("seq-mean-token-mean", "samples"),
+                             ("seq-mean-token-sum", "samples"), ("seq-mean-token-sum-norm", "samples"),
+                             ("turn-mean", "turns")]))
+def test_local_normalization_is_right_exactly_when_every_micro_batch_has_the_same_denominator(samples, R, K, case):
+    """SCIENCE.md §3's rule: naive per-micro-batch normalisation survives iff its denominator (a token, sample
+    or turn count) is the same in every micro-batch; otherwise some tokens get the wrong weight."""
+    name, counted = case
+    batch = make_batch(samples)
+    local, _, _ = effective_weights(batch, name, ranks=R, micro_batches=K, normalization="local")
+    right, _, _ = effective_weights(batch, name, ranks=R, micro_batches=K, normalization="global")
+    assert torch.isfinite(local).all() and (local >= 0).all()
+    same_denominator = len(set(micro_batch_counts(samples, R, K, counted))) == 1
+    assert torch.allclose(local, right, rtol=1e-12, atol=1e-15) == same_denominator
+
+
+@PROPERTY
+@given(samples=sample_lists, R=ranks, K=micro)
+def test_local_token_sum_is_global_divided_by_k_times_r(samples, R, K):
+    """A sum has no denominator to cancel the naive `loss / K` and DDP's mean over R, so it is shrunk by K·R."""
+    batch = make_batch(samples)
+    local, _, _ = effective_weights(batch, "token-sum", ranks=R, micro_batches=K, normalization="local")
+    right, _, _ = effective_weights(batch, "token-sum", ranks=R, micro_batches=K, normalization="global")
+    torch.testing.assert_close(local, right / (K * R), rtol=1e-12, atol=0)
+
+
+@PROPERTY
+@given(turns=st.lists(st.integers(1, 12), min_size=1, max_size=4), R=ranks, K=micro,
+       per_micro=st.integers(1, 3), scheme=schemes)
+def test_local_equals_global_with_equal_lengths_and_equal_micro_batches(turns, R, K, per_micro, scheme):
+    """The negative control: identical samples, R·K·m of them, so every micro-batch looks the same."""
+    batch = make_batch([turns] * (R * K * per_micro))
+    local, _, _ = effective_weights(batch, scheme, ranks=R, micro_batches=K, normalization="local")
+    right, _, _ = effective_weights(batch, scheme, ranks=R, micro_batches=K, normalization="global")
+    if scheme.name == "token-sum":
+        right = right / (K * R)  # see test_local_token_sum_is_global_divided_by_k_times_r
+    torch.testing.assert_close(local, right, rtol=1e-12, atol=1e-15)
+
+
+def test_local_token_mean_differs_when_micro_batch_token_counts_differ():
+    batch = make_batch([[3], [30], [3, 4], [50]])  # 3+30 | 7+50 loss tokens with K=2
+    local, _, _ = effective_weights(batch, "token-mean", micro_batches=2, normalization="local")
+    right = token_weights(batch, "token-mean")
+    assert float(right.max()) == pytest.approx(1 / 90)
+    assert float(local[0].max()) == pytest.approx(1 / (2 * 33))  # 1/(K·n_rk)
+    assert float(local[2].max()) == pytest.approx(1 / (2 * 57))
+    assert float(local.sum()) == pytest.approx(1.0)  # still sums to one: the mass moved, it did not vanish
+
+
+# ------------------------------------------------------------------ hand-checked numbers
+
+
+def test_transformers_24725_gradient_accumulation_numbers():
+    """Two samples of 11 and 101 tokens (10 and 100 loss tokens), per-token losses 0.1 and 0.9, GA=2, batch 1."""
+    batch = make_batch([[10], [100]], header=0)
+    assert batch.tokens.shape == (2, 101) and int((batch.segment_id[0] >= 0).sum()) == 11
+    per_token = torch.tensor([0.1, 0.9], dtype=torch.float64)
+    losses = per_token[batch.sample_id.clamp(min=0)] * batch.loss_mask
+    loss = lambda norm: float((effective_weights(batch, "token-mean", micro_batches=2,
+                                                 normalization=norm)[0] * losses).sum())
+    assert loss("global") == pytest.approx(91 / 110, abs=1e-12)
+    assert round(loss("global"), 6) == 0.827273
+    assert loss("local") == pytest.approx(0.5, abs=1e-12)
+    assert float((token_weights(batch, "token-mean") * losses).sum()) == pytest.approx(91 / 110, abs=1e-12)
+    # with batch 1 naive token-mean *is* the sample-level mean
+    naive, _, _ = effective_weights(batch, "token-mean", micro_batches=2, normalization="local")
+    torch.testing.assert_close(naive, token_weights(batch, "seq-mean-token-mean"), rtol=1e-12, atol=0)
+
+
+FIVE_FIVE_FORTYONE = conversation(("user", "copy abcd"), ("assistant", "abcd"), ("user", "rev efgh"),
+                                  ("assistant", "hgfe"), ("user", "long"), ("assistant", "x" * 40))
+
+
+def turn_table(scheme, layout):
+    per_sample, per_turn = weights_summary(weights_table([FIVE_FIVE_FORTYONE], scheme, layout=layout))
+    return per_turn.set_index("turn")
+
+
+def test_science_5_5_41_example():
+    """SCIENCE.md §4: assistant turns of 5, 5 and 41 loss tokens."""
+    a_mean = turn_table("seq-mean-token-mean", "split")
+    assert a_mean.loss_tokens.tolist() == [5, 5, 41]
+    assert a_mean.weight_per_token[0] / a_mean.weight_per_token[2] == pytest.approx(8.2, rel=1e-12)
+    np.testing.assert_allclose(a_mean.share, [1 / 3] * 3, rtol=1e-12)
+    for layout in ("split", "multiturn"):
+        tok = turn_table("token-mean", layout)
+        assert tok.share[2] == pytest.approx(41 / 51, rel=1e-12)
+        assert round(100 * tok.share[2], 1) == 80.4
+    # format B + sample mean is the same as token-mean for one conversation; turn-mean is A + sample-mean
+    np.testing.assert_allclose(turn_table("seq-mean-token-mean", "multiturn").share, [5 / 51, 5 / 51, 41 / 51])
+    np.testing.assert_allclose(turn_table("turn-mean", "multiturn").share, [1 / 3] * 3, rtol=1e-12)
+
+
+# ------------------------------------------------------------------ scheme validation
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(name="mean"), "unknown scheme"),
+    (dict(name="length-power", alpha=math.nan), "alpha"),
+    (dict(name="length-power", alpha=math.inf), "alpha"),
+    (dict(name="seq-mean-token-sum-norm", l_max=-1.0), "l_max"),
+    (dict(name="seq-mean-token-sum-norm", l_max=0.0), "l_max"),
+    (dict(name="seq-mean-token-sum-norm", l_max=math.nan), "l_max"),
+])
+def test_bad_scheme_parameters_raise_value_error_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        Scheme(**kwargs)
+
+
+def test_l_max_defaults_to_the_longest_sample_of_the_global_batch():
+    batch = make_batch([[3], [5, 2], [0]])
+    assert resolve_l_max(batch, Scheme("seq-mean-token-sum-norm")).l_max == 7
+    assert resolve_l_max(batch, Scheme("seq-mean-token-sum-norm", l_max=64)).l_max == 64
+    # fixed on the global batch before micro-batching: K does not change it
+    w, _, _ = effective_weights(batch, "seq-mean-token-sum-norm", micro_batches=3, normalization="local")
+    assert float(w[0].max()) == pytest.approx(1 / (3 * 1 * 7))  # 1/K · 1/(b_k · L_max), b_k = 1
