@@ -18,3 +18,11 @@ def close(answer, expected: float, rel: float = 1e-3, abs_: float = 1e-9) -> boo
         return math.isclose(float(answer), float(expected), rel_tol=rel, abs_tol=abs_)
     except (TypeError, ValueError):
         return False
+
+
+def pending(answer, hint: str) -> bool:
+    """True (after printing the hint) while the learner has left `answer = None`."""
+    if answer is None:
+        print(f"✍️  Not answered yet: set `answer = ...` and run the cell again. Hint: {hint}")
+        return True
+    return False

@@ -45,3 +45,27 @@ def show(fig) -> None:
 
 
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10})
+
+
+def _enable_inline_display() -> None:
+    """In IPython, show Figures made without pyplot (new_figure) as PNG, like pyplot's inline figures.
+    Leaves any Figure formatter already chosen (ipympl, svg, pyplot's inline backend) alone."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "display_formatter"):
+        return
+    from IPython.core.pylabtools import select_figure_formats
+    from matplotlib.figure import Figure
+
+    if not any(Figure in f.type_printers for f in shell.display_formatter.formatters.values()):
+        select_figure_formats(shell, {"png"}, bbox_inches=None)  # constrained layout already fits: one draw pass
+
+
+_enable_inline_display()
+
+from .dp import *  # noqa: E402, F403
+from .training import *  # noqa: E402, F403
+from .weights import *  # noqa: E402, F403

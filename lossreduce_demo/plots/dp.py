@@ -16,6 +16,9 @@ NORM_STYLE = {"global": dict(hatch=None, alpha=1.0, linestyle="--"), "local": di
                                                                                    linestyle="-")}
 
 
+__all__ = ["draw_gradient_errors", "draw_weight_distance", "plot_dp_gradient_errors", "plot_dp_weight_distance", "plot_e3"]
+
+
 def _schemes(frame: pd.DataFrame) -> list[str]:
     present = set(frame.scheme)
     return [s for s in SCHEMES if s in present] + sorted(present - set(SCHEMES))

@@ -1,0 +1,319 @@
+"""Plots of chats, layouts and per-token weights (notebooks 00–03, 06 and the widgets).
+
+Weights are compared across schemes as `relative` = weight per token ÷ token-mean's weight on the same batch
+(weights rescaled to the same total first), so 1 means "what token-mean gives", 8 means eight times that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from matplotlib.colors import LogNorm, to_rgb
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from ..layouts import Batch, layout_waste
+from ..report import length_profile
+from ..tokenizer import ROLE_NAMES, render
+from . import PALETTE, ROLE_COLORS, new_figure, scheme_color
+
+__all__ = ["token_strip", "layout_diagram", "layout_diagrams", "waste_bars", "attention_mask_plot",
+           "relative_weights", "weight_heatmap", "weight_heatmap_grid", "weight_vs_length", "share_by_bucket",
+           "effective_vs_ideal"]
+
+_ROLE_RGB = np.array([to_rgb(ROLE_COLORS[ROLE_NAMES[code]]) for code in sorted(ROLE_NAMES)])  # (5, 3)
+_SPECIAL_LABEL = {256: "pad", 257: "bos", 258: "sys", 259: "usr", 260: "ast", 261: "eot"}
+_LOSS_MARK = "#000000"
+_PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
+_WEIGHT_CMAP = "viridis"  # dark: down-weighted, yellow: up-weighted vs token-mean (colour-blind safe)
+
+
+def _role_legend(ax, loss: bool = True, **kw) -> None:
+    handles = [Patch(color=ROLE_COLORS[r], label=r) for r in ("bos", "system", "user", "assistant", "pad")]
+    if loss:
+        handles.append(Patch(color=_LOSS_MARK, label="loss token (trained on)"))
+    ax.legend(handles=handles, fontsize=8, frameon=False, **kw)
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(start, length) of each run of True in a 1-D bool array."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    starts, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
+    return list(zip(starts.tolist(), (ends - starts).tolist()))
+
+
+def _mark_loss(ax, loss_mask: np.ndarray) -> None:
+    """A black bar along the lower third of every run of loss tokens (row r spans r-0.5..r+0.5)."""
+    for r, row in enumerate(loss_mask):
+        runs = [(s - 0.5, n) for s, n in _runs(row)]
+        if runs:
+            ax.broken_barh(runs, (r + 0.12, 0.3), facecolors=_LOSS_MARK, linewidth=0)
+
+
+def token_strip(conv, *, per_line: int = 48, title: str | None = None):
+    """A rendered chat as a grid of tokens (one byte or special token per cell), coloured by role, the loss
+    tokens underlined in black. Special tokens read bos/sys/usr/ast/eot."""
+    chat = conv if hasattr(conv, "loss_mask") else render(conv)
+    n = len(chat.tokens)
+    lines = -(-n // per_line)
+    grid = np.full(lines * per_line, -1)
+    grid[:n] = chat.role
+    rgb = np.ones((lines * per_line, 3))
+    rgb[:n] = _ROLE_RGB[np.asarray(chat.role)]
+    fig, ax = new_figure(width=max(6.0, per_line * 0.2), height=0.9 + 0.34 * lines)
+    ax.grid(False)
+    ax.imshow(rgb.reshape(lines, per_line, 3), aspect="auto", interpolation="nearest",
+              extent=(-0.5, per_line - 0.5, lines - 0.5, -0.5))
+    mask = np.zeros(lines * per_line, bool)
+    mask[:n] = chat.loss_mask
+    _mark_loss(ax, mask.reshape(lines, per_line))
+    for i, tok in enumerate(chat.tokens):
+        label = _SPECIAL_LABEL.get(tok) or (chr(tok) if 32 <= tok < 127 else "·")
+        ax.text(i % per_line, i // per_line - 0.08, label, ha="center", va="center",
+                fontsize=4.5 if tok >= 256 else 7, family="monospace")
+    ax.set_yticks(range(lines), [str(i * per_line) for i in range(lines)])
+    ax.set_xlabel("token within the line (one byte or special token per cell)")
+    ax.set_ylabel("position of the line's first token")
+    n_loss = int(np.sum(chat.loss_mask))
+    ax.set_title(title or f"{n} tokens, {n_loss} of them loss tokens ({n_loss / n:.0%})")
+    _role_legend(ax, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def layout_diagram(batch: Batch, *, ax=None, title: str | None = None, max_rows: int | None = None, legend=True):
+    """Rows of a laid-out batch as bars of tokens coloured by role (padding grey), loss tokens underlined in
+    black, white lines between packed conversations: the seed's format diagrams drawn from real tokens."""
+    rows = batch.shape[0] if max_rows is None else min(max_rows, batch.shape[0])
+    role = batch.role[:rows].numpy()
+    T = role.shape[1]
+    if ax is None:
+        fig, ax = new_figure(width=8.0, height=1.0 + 0.28 * rows)
+    ax.grid(False)
+    ax.imshow(_ROLE_RGB[role], aspect="auto", interpolation="nearest", extent=(-0.5, T - 0.5, rows - 0.5, -0.5))
+    _mark_loss(ax, batch.loss_mask[:rows].numpy())
+    segment = batch.segment_id[:rows].numpy()
+    for r in range(rows):
+        for t in np.nonzero((segment[r, 1:] != segment[r, :-1]) & (segment[r, 1:] > 0))[0]:
+            ax.vlines(t + 0.5, r - 0.5, r + 0.5, color="white", linewidth=2.0)
+    waste = layout_waste(batch)
+    ax.set_title(title or f"{batch.layout}: {waste['rows']} rows × {T} positions, "
+                          f"{waste['padding_fraction']:.0%} padding", fontsize=10)
+    ax.set_xlabel("position in the row (tokens)")
+    ax.set_ylabel("row")
+    ax.set_yticks(range(rows)) if rows <= 12 else None
+    if legend:
+        _role_legend(ax, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return ax.figure
+
+
+def layout_diagrams(batches: Mapping[str, Batch], *, width: float = 9.0):
+    """The same conversations in several layouts, one panel each, on a common position axis."""
+    rows = [b.shape[0] for b in batches.values()]
+    fig, axes = new_figure(len(batches), 1, width=width, height=1.2 + 0.22 * sum(rows) + 0.5 * len(rows),
+                           sharex=True, gridspec_kw={"height_ratios": [r + 2 for r in rows]})
+    for i, (ax, (name, batch)) in enumerate(zip(axes[:, 0], batches.items())):
+        layout_diagram(batch, ax=ax, legend=i == 0)
+        if name != batch.layout:
+            ax.set_title(f"{name} — {ax.get_title()}", fontsize=10)
+        if i < len(rows) - 1:
+            ax.set_xlabel("")
+    axes[-1, 0].set_xlim(-0.5, max(b.shape[1] for b in batches.values()) - 0.5)
+    return fig
+
+
+def waste_bars(batches: Mapping[str, Batch] | Mapping[str, dict]):
+    """Compute per loss token, per layout: the loss token itself, context tokens, padding (stacked bars)."""
+    wastes = {k: (layout_waste(v) if isinstance(v, Batch) else v) for k, v in batches.items()}
+    names = list(wastes)
+    context = [w["tokens_per_loss_token"] - 1 for w in wastes.values()]
+    padding = [w["slots_per_loss_token"] - w["tokens_per_loss_token"] for w in wastes.values()]
+    fig, ax = new_figure(width=6.0, height=3.2)
+    x = np.arange(len(names))
+    ax.bar(x, 1.0, color=ROLE_COLORS["assistant"], label="the loss token")
+    ax.bar(x, context, bottom=1.0, color=ROLE_COLORS["user"], label="context (prompt, earlier turns)")
+    ax.bar(x, padding, bottom=np.add(context, 1.0), color=ROLE_COLORS["pad"], hatch="//", edgecolor="white",
+           label="padding")
+    for xi, w in zip(x, wastes.values()):
+        ax.text(xi, w["slots_per_loss_token"], f"{w['slots_per_loss_token']:.1f}\n{w['padding_fraction']:.0%} pad",
+                ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, names)
+    ax.set_xlabel("layout")
+    ax.set_ylabel("positions computed per loss token")
+    ax.set_ylim(0, max(w["slots_per_loss_token"] for w in wastes.values()) * 1.25)
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title("Compute per loss token")
+    return fig
+
+
+def attention_mask_plot(batch: Batch, row: int = 0):
+    """Which positions a row's queries may attend to (block-diagonal causal for packed rows)."""
+    mask = batch.attention_mask()[row, 0].numpy()
+    fig, ax = new_figure(width=4.2, height=3.8)
+    ax.grid(False)
+    ax.imshow(mask, cmap="Greys", interpolation="nearest", vmin=0, vmax=1.6)
+    ax.set_xlabel("key position (tokens)")
+    ax.set_ylabel("query position (tokens)")
+    ax.set_title(f"{batch.layout} row {row}: may attend (dark)")
+    return fig
+
+
+# ---------------------------------------------------------------- weights
+
+
+def relative_weights(batch: Batch, weights) -> np.ndarray:
+    """(B, T) weight ÷ token-mean's weight after rescaling to the same total; NaN off the loss mask (for
+    plotting: NaN cells are left transparent). All-zero weights give 0 on loss tokens, never NaN there."""
+    w = weights.double().numpy() if hasattr(weights, "numpy") else np.asarray(weights, float)
+    mask = batch.loss_mask.numpy()
+    total, n = w[mask].sum(), mask.sum()
+    out = np.full(w.shape, np.nan)
+    out[mask] = w[mask] * n / total if total > 0 else 0.0
+    return out
+
+
+def _heat_norm(values: list[np.ndarray]) -> LogNorm:
+    """A log norm symmetric around 1 covering every finite positive value."""
+    finite = np.concatenate([v[np.isfinite(v) & (v > 0)] for v in values] + [np.ones(1)])
+    span = max(float(finite.max()), 1.0 / float(finite.min()), 2.0)
+    return LogNorm(vmin=1.0 / span, vmax=span)
+
+
+def _colorbar(fig, image, label, **kw) -> None:
+    """Colour bar with plain tick labels at powers of two (…, 0.5, 1, 2, …)."""
+    bar = fig.colorbar(image, label=label, **kw)
+    lo, hi = image.norm.vmin, image.norm.vmax
+    ticks = [2.0**e for e in range(int(np.floor(np.log2(lo))), int(np.ceil(np.log2(hi))) + 1)
+             if lo <= 2.0**e <= hi]
+    step = max(1, len(ticks) // 7)
+    bar.set_ticks(ticks[::step], labels=[f"{t:g}" for t in ticks[::step]])
+    bar.minorticks_off()
+
+
+def _heat(ax, batch: Batch, rel: np.ndarray, norm):
+    """Background (padding white, context light grey) under the weight map."""
+    ax.grid(False)
+    T = rel.shape[1]
+    real = (batch.segment_id >= 0).numpy()
+    extent = (-0.5, T - 0.5, rel.shape[0] - 0.5, -0.5)
+    ax.imshow(np.where(real, 0.88, 1.0), cmap="gray", vmin=0, vmax=1, aspect="auto", interpolation="nearest",
+              extent=extent)
+    return ax.imshow(np.ma.masked_invalid(rel), cmap=_WEIGHT_CMAP, norm=norm, aspect="auto",
+                     interpolation="nearest", extent=extent)
+
+
+def weight_heatmap(batch: Batch, weights, *, title: str | None = None, ax=None, norm=None, colorbar=True):
+    """Per-token weights of one scheme on a batch (rows × positions), relative to token-mean, log colour."""
+    rel = relative_weights(batch, weights)
+    if ax is None:
+        fig, ax = new_figure(width=7.5, height=1.2 + 0.16 * rel.shape[0])
+    image = _heat(ax, batch, rel, norm or _heat_norm([rel]))
+    ax.set_xlabel("position in the row (tokens)")
+    ax.set_ylabel("row")
+    if title:
+        ax.set_title(title, fontsize=10)
+    if colorbar:
+        _colorbar(ax.figure, image, "weight per token ÷ token-mean's (log)", ax=ax)
+    return ax.figure
+
+
+def weight_heatmap_grid(batch: Batch, weights_by_scheme: Mapping[str, object], *, ncols: int = 2):
+    """One heatmap per scheme on the same batch and one shared colour scale: where each scheme puts the step."""
+    rels = {name: relative_weights(batch, w) for name, w in weights_by_scheme.items()}
+    nrows = -(-len(rels) // ncols)
+    fig, axes = new_figure(nrows, ncols, width=5.0 * ncols, height=0.6 + nrows * (0.9 + 0.11 * batch.shape[0]),
+                           sharex=True, sharey=True)
+    norm = _heat_norm(list(rels.values()))
+    image = None
+    for ax, (name, rel) in zip(axes.flat, rels.items()):
+        image = _heat(ax, batch, rel, norm)
+        total = float(weights_by_scheme[name].sum())
+        ax.set_title(f"{name}   (Σw = {total:.3g})", fontsize=10, color=scheme_color(name))
+    for ax in axes.flat[len(rels):]:
+        ax.set_visible(False)
+    for ax in axes.flat[max(0, len(rels) - ncols):len(rels)]:  # the lowest panel of every column
+        ax.set_xlabel("position in the row (tokens)")
+        ax.tick_params(labelbottom=True)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("row")
+    _colorbar(fig, image, "weight per token ÷ token-mean's (log)", ax=axes, shrink=0.8)
+    return fig
+
+
+def weight_vs_length(profiles: Mapping[str, object], *, unit: str = "sample"):
+    """Weight per token against response length, one colour per scheme, log y. Left: absolute weight (what the
+    loss scale becomes); right: relative to token-mean (where the step goes). `profiles` maps a scheme name to
+    report.length_profile(...) or to (batch, weights)."""
+    frames = {k: (v if hasattr(v, "columns") else length_profile(*v, by=unit)) for k, v in profiles.items()}
+    fig, axes = new_figure(1, 2, width=10.0, height=3.6)
+    markers = "os^Dv<>P"
+    for i, (name, df) in enumerate(frames.items()):
+        mean = df.groupby("length", as_index=False)[["weight_per_token", "relative"]].mean()
+        style = dict(color=scheme_color(name), marker=markers[i % len(markers)], markersize=4, label=name)
+        for ax, column in zip(axes[0], ("weight_per_token", "relative")):
+            ax.plot(mean.length, mean[column].clip(lower=1e-12), linestyle="-" if i < 4 else "--", **style)
+    for ax, ylabel in zip(axes[0], ("weight per token (loss = Σ w·l)", "weight per token ÷ token-mean's")):
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(f"{unit} length (loss tokens)")
+        ax.set_ylabel(ylabel)
+    axes[0, 1].yaxis.set_major_locator(LogLocator(base=2))
+    axes[0, 1].yaxis.set_major_formatter(_PLAIN)
+    axes[0, 0].set_title("absolute: the loss scale")
+    axes[0, 1].set_title("relative: where the step goes")
+    axes[0, 1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def share_by_bucket(shares: Mapping[str, object], *, unit: str = "sample"):
+    """Share of the step's weight by response-length bucket, one bar per scheme, next to the bucket's share of
+    loss tokens (black outline = what token-mean gives). `shares` maps a scheme to report.bucket_shares(...)."""
+    names = list(shares)
+    first = shares[names[0]]
+    x = np.arange(len(first))
+    width = 0.8 / len(names)
+    fig, ax = new_figure(width=7.5, height=3.4)
+    for i, name in enumerate(names):
+        ax.bar(x - 0.4 + width * (i + 0.5), 100 * shares[name].share, width, color=scheme_color(name), label=name)
+    ax.bar(x, 100 * first.token_share, 0.84, fill=False, edgecolor="black", linewidth=1.2,
+           label="share of loss tokens")
+    ax.set_xticks(x, [f"{b}\n({n} {unit}s)" for b, n in zip(first.bucket.astype(str), first.units)])
+    ax.set_xlabel("response length bucket (loss tokens)")
+    ax.set_ylabel("share of the step's weight (%)")
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def effective_vs_ideal(batch: Batch, effective, ideal, *, rank=None, step=None, title: str | None = None):
+    """Per sample: weight per token the optimiser applies (bars, one colour per micro-batch) vs the full-batch
+    weights (black ticks), and the relative error. rank/step are effective_weights' (B, T) placement tensors."""
+    eff, ref = length_profile(batch, effective), length_profile(batch, ideal)
+    err = np.where(ref.weight_per_token > 0, (eff.weight_per_token - ref.weight_per_token) / ref.weight_per_token, 0)
+    groups = [(0, 0)] * len(eff)
+    if rank is not None and step is not None:  # a sample never straddles micro-batches: any of its tokens tells
+        mask = batch.loss_mask.numpy()
+        ids, first = np.unique(batch.sample_id.numpy()[mask], return_index=True)
+        where = dict(zip(ids.tolist(), zip(np.asarray(rank)[mask][first].tolist(),
+                                           np.asarray(step)[mask][first].tolist())))
+        groups = [where[s] for s in eff["sample"]]
+    order = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    colors = [PALETTE[order[g] % len(PALETTE)] for g in groups]
+    x = np.arange(len(eff))
+    fig, axes = new_figure(2, 1, width=8.0, height=5.0, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    top, bottom = axes[0, 0], axes[1, 0]
+    top.bar(x, eff.weight_per_token, color=colors, width=0.8)
+    top.scatter(x, ref.weight_per_token, marker="_", s=220, color="black", linewidths=2, zorder=3,
+                label="full batch (ideal)")
+    top.set_yscale("log")
+    top.yaxis.set_minor_formatter(NullFormatter())
+    top.set_ylabel("weight per token")
+    handles = [Patch(color=PALETTE[i % len(PALETTE)], label=f"rank {r}, micro-batch {k}")
+               for (r, k), i in list(order.items())[:8]]
+    top.legend(handles=handles + top.get_legend_handles_labels()[0], fontsize=7, frameon=False, loc="upper left",
+               bbox_to_anchor=(1.0, 1.0))
+    bottom.bar(x, 100 * err, color=colors, width=0.8)
+    bottom.axhline(0, color="black", linewidth=0.8)
+    bottom.set_ylabel("error vs ideal (%)")
+    bottom.set_xlabel("sample (batch order)")
+    top.set_title(title or f"max relative error {np.abs(err).max():.1%}", fontsize=10)
+    return fig

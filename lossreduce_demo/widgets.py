@@ -1,0 +1,364 @@
+"""Interactive explorers (ipywidgets 8) for the notebooks and the Voilà dashboard.
+
+Every app is a class with
+    .widget    the container to display,
+    named controls (app.scheme, app.long_fraction, ...), each an ipywidgets control,
+    .update()  recompute and redraw (called by every control change; returns .state),
+    .state     the numbers of the last update (dicts / DataFrames), with "message" ("" when all is well),
+    .figures   the matplotlib Figures of the last update (made with plots.new_figure, never pyplot);
+               app.draw_figures = False skips them (state only, e.g. for tests and benchmarks).
+Updates are analytic and cheap: conversations and layouts are cached per setting, weights are recomputed.
+Invalid settings (e.g. uniform lengths with low > high, packed rows shorter than a conversation) show a message
+in the app and leave no figure, never a traceback or NaN. `app.set(a=1, b=2)` changes several controls with one
+update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from functools import lru_cache
+
+import ipywidgets as W
+import numpy as np
+import pandas as pd
+
+from . import plots
+from .layouts import LAYOUTS, Batch, layout_waste, make_layout
+from .reductions import SCHEMES, Scheme, effective_weights, token_weights
+from .report import bucket_shares, length_profile
+from .synth import FAMILIES, LengthSpec, make_chats
+from .tokenizer import render
+
+MAX_TOKENS = 192  # conversations are cut to this many tokens (the explorers are analytic: no model context)
+_STYLE = {"description_width": "initial"}
+
+
+# ---------------------------------------------------------------- cached data
+
+
+def length_spec(family: str, short_mean: float, long_mean: float, long_fraction: float) -> LengthSpec:
+    """How the explorers read their length controls: fixed = `short_mean` always; uniform = short..long;
+    lognormal = median `short_mean`, sigma 0.8; bimodal = short or (with `long_fraction`) long, each ±25%."""
+    if family == "uniform":
+        return LengthSpec("uniform", low=int(short_mean), high=int(long_mean), max_len=60)
+    return LengthSpec(family, mean=short_mean, sigma=0.8, short_mean=short_mean, long_mean=long_mean,
+                      long_fraction=long_fraction, max_len=60)
+
+
+@lru_cache(maxsize=64)
+def conversations(spec: LengthSpec, turns: int, n: int, seed: int = 0, sort_by_length: bool = False) -> tuple:
+    """n synthetic chats of exactly `turns` assistant turns (fewer only when cut at MAX_TOKENS), cached."""
+    convs = make_chats(n, lengths=spec, turns=(turns, turns), max_tokens=MAX_TOKENS, seed=seed)
+    if sort_by_length:
+        convs = sorted(convs, key=lambda c: sum(render(c).loss_mask))
+    return tuple(convs)
+
+
+@lru_cache(maxsize=128)
+def cached_layout(convs: tuple, layout: str, row_len: int | None = None) -> Batch:
+    return make_layout(list(convs), layout, row_len=row_len)
+
+
+def max_relative_error(effective, ideal, mask) -> float:
+    """max |effective − ideal| / ideal over loss tokens (0 when there are none)."""
+    eff, ref = effective[mask].double(), ideal[mask].double()
+    keep = ref > 0
+    return float(((eff[keep] - ref[keep]).abs() / ref[keep]).max()) if keep.any() else 0.0
+
+
+# ---------------------------------------------------------------- shared plumbing
+
+
+def _slider(kind, value, lo, hi, step, description, **kw):
+    return kind(value=value, min=lo, max=hi, step=step, description=description, continuous_update=False,
+                style=_STYLE, **kw)
+
+
+def _length_controls(app, *, family="bimodal", short_mean=4, long_mean=30, long_fraction=0.25, turns=1):
+    app.family = W.Dropdown(options=FAMILIES, value=family, description="lengths", style=_STYLE,
+                            layout=W.Layout(width="180px"))
+    app.short_mean = _slider(W.IntSlider, short_mean, 1, 60, 1, "short mean (chars)")
+    app.long_mean = _slider(W.IntSlider, long_mean, 1, 60, 1, "long mean (chars)")
+    app.long_fraction = _slider(W.FloatSlider, long_fraction, 0.0, 1.0, 0.05, "long fraction")
+    app.turns = _slider(W.IntSlider, turns, 1, 5, 1, "turns")
+    return [app.family, app.short_mean, app.long_mean, app.long_fraction, app.turns]
+
+
+class _App:
+    """Controls → update() → state, message and figures drawn into an Output."""
+
+    controls: list
+
+    def __init__(self, rows: list[list]):
+        self.message = W.HTML()
+        self.output = W.Output()
+        self.state: dict = {}
+        self.figures: dict = {}
+        self._paused = False
+        self.draw_figures = True
+        self.controls = [c for row in rows for c in row]
+        for control in self.controls:
+            control.observe(self._changed, names="value")
+        self.widget = W.VBox([W.HBox(row, layout=W.Layout(flex_flow="row wrap")) for row in rows]
+                             + [self.message, self.output])
+
+    def _changed(self, _change) -> None:
+        if not self._paused:
+            self.update()
+
+    @contextlib.contextmanager
+    def hold(self):
+        """Change several controls, then update once."""
+        self._paused = True
+        try:
+            yield self
+        finally:
+            self._paused = False
+        self.update()
+
+    def set(self, **values) -> dict:
+        with self.hold():
+            for name, value in values.items():
+                getattr(self, name).value = value
+        return self.state
+
+    def _compute(self, notes: list[str]) -> tuple[dict, object]:
+        """(state, make_figures): the numbers, and a function drawing them into {name: Figure}."""
+        raise NotImplementedError
+
+    def update(self) -> dict:
+        notes: list[str] = []
+        try:
+            state, make_figures = self._compute(notes)
+        except ValueError as error:  # ChatFormatError is a ValueError: bad settings, reported in the app
+            self.state, self.figures = {"message": f"Invalid setting: {error}"}, {}
+            self.message.value = f"<b style='color:#D55E00'>⚠ Invalid setting:</b> {_escape(error)}"
+            self._draw()
+            return self.state
+        state["message"] = " ".join(notes)
+        self.state, self.figures = state, (make_figures() if self.draw_figures else {})
+        self.message.value = "".join(f"<div style='color:#555'>ℹ {_escape(n)}</div>" for n in notes)
+        self._draw()
+        return self.state
+
+    def _draw(self) -> None:
+        from IPython import get_ipython
+        from IPython.display import clear_output, display
+
+        if get_ipython() is None:  # no frontend to draw into (plain Python, tests): keep the figures only
+            return
+        with self.output:
+            clear_output(wait=True)
+            for fig in self.figures.values():
+                display(fig)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def _escape(text) -> str:
+    import html
+
+    return html.escape(str(text))
+
+
+# ---------------------------------------------------------------- 01: formats
+
+
+class FormatsExplorer(_App):
+    """Format A (split) vs B (multiturn) vs packed on the same few chats: layout diagrams and compute waste."""
+
+    def __init__(self, n_conversations: int = 4, seed: int = 0, **lengths):
+        self.seed = seed
+        lengths = {"turns": 3, "long_mean": 24, **lengths}
+        rows = [_length_controls(self, **lengths)]
+        self.n_conversations = _slider(W.IntSlider, n_conversations, 1, 12, 1, "conversations")
+        self.row_len = _slider(W.IntSlider, MAX_TOKENS, 32, 256, 16, "packed row length")
+        super().__init__(rows + [[self.n_conversations, self.row_len]])
+        self.update()
+
+    def _compute(self, notes):
+        spec = length_spec(self.family.value, self.short_mean.value, self.long_mean.value, self.long_fraction.value)
+        convs = conversations(spec, self.turns.value, self.n_conversations.value, self.seed)
+        batches = {name: cached_layout(convs, name, self.row_len.value if name == "packed" else None)
+                   for name in LAYOUTS}
+        waste = pd.DataFrame([layout_waste(b) for b in batches.values()])
+        ratio = waste.tokens[0] / waste.tokens[1]
+        turns = np.mean([c.n_assistant_turns for c in convs])
+        if turns < self.turns.value:
+            notes.append(f"Some conversations have fewer than {self.turns.value} turns: cut at {MAX_TOKENS} tokens.")
+        if self.turns.value == 1:
+            notes.append("With one turn per conversation, split and multiturn are the same rows.")
+        state = {"waste": waste, "split_over_multiturn_tokens": float(ratio), "mean_turns": float(turns)}
+        return state, lambda: {"layouts": plots.layout_diagrams(batches), "waste": plots.waste_bars(batches)}
+
+
+# ---------------------------------------------------------------- 02: weights
+
+
+def _scheme_controls(app, scheme="seq-mean-token-mean", layout="multiturn", alpha=0.5, l_max=0):
+    app.layout = W.Dropdown(options=LAYOUTS, value=layout, description="format", style=_STYLE,
+                            layout=W.Layout(width="200px"))
+    app.scheme = W.Dropdown(options=SCHEMES, value=scheme, description="scheme", style=_STYLE,
+                            layout=W.Layout(width="300px"))
+    app.alpha = _slider(W.FloatSlider, alpha, -1.0, 2.0, 0.1, "α (length-power)")
+    app.l_max = _slider(W.IntSlider, l_max, 0, 128, 1, "L_max (0 = longest)")
+    return [app.layout, app.scheme, app.alpha, app.l_max]
+
+
+def _scheme(app, batch: Batch, notes: list[str]) -> Scheme:
+    name, alpha, l_max = app.scheme.value, float(app.alpha.value), int(app.l_max.value)
+    app.alpha.disabled, app.l_max.disabled = name != "length-power", name != "seq-mean-token-sum-norm"
+    if name == "length-power" and alpha < 0:
+        notes.append(f"α={alpha:g} < 0 favours short responses even more than seq-mean-token-mean (α=0).")
+    if name == "length-power" and alpha > 1:
+        notes.append(f"α={alpha:g} > 1 favours long responses more than token-mean (α=1).")
+    if name == "seq-mean-token-sum-norm" and l_max:
+        longest = int(batch.loss_mask.sum(1).max())
+        if l_max < longest:
+            notes.append(f"L_max={l_max} is shorter than the longest response here (≈{longest} loss tokens); "
+                         "Dr. GRPO's constant is the generation budget. It only rescales the weights.")
+    if name == "turn-mean" and app.turns.value == 1 and batch.layout != "split":
+        notes.append("With one turn per conversation, turn-mean = seq-mean-token-mean.")
+    return Scheme(name, alpha=alpha, l_max=l_max or None)
+
+
+def _extremes(profile: pd.DataFrame) -> dict:
+    """Relative weight per token of the shortest and the longest samples, and the step share of the longer half."""
+    short = profile[profile.length == profile.length.min()]
+    long = profile[profile.length == profile.length.max()]
+    longer_half = profile.length > profile.length.median()
+    return {"relative_shortest": float(short.relative.mean()), "relative_longest": float(long.relative.mean()),
+            "shortest_over_longest": float(short.relative.mean() / long.relative.mean()),
+            "share_longer_half": float(profile.share[longer_half].sum()),
+            "tokens_longer_half": float(profile.length[longer_half].sum() / profile.length.sum())}
+
+
+class WeightExplorer(_App):
+    """The response-length distribution and the scheme → per-token weight heatmap, weight per token vs length,
+    share of the step by length bucket (the scheme vs token-mean)."""
+
+    def __init__(self, n_conversations: int = 16, seed: int = 0, **settings):
+        self.seed, self.n_conversations = seed, n_conversations
+        scheme_kw = {k: settings.pop(k) for k in ("scheme", "layout", "alpha", "l_max") if k in settings}
+        rows = [_length_controls(self, **settings), _scheme_controls(self, **scheme_kw)]
+        super().__init__(rows)
+        self.update()
+
+    def batch(self) -> Batch:
+        spec = length_spec(self.family.value, self.short_mean.value, self.long_mean.value, self.long_fraction.value)
+        return cached_layout(conversations(spec, self.turns.value, self.n_conversations, self.seed),
+                             self.layout.value, MAX_TOKENS if self.layout.value == "packed" else None)
+
+    def _compute(self, notes):
+        batch = self.batch()
+        scheme = _scheme(self, batch, notes)
+        weights, reference = token_weights(batch, scheme), token_weights(batch, "token-mean")
+        profile, ref_profile = length_profile(batch, weights), length_profile(batch, reference)
+        buckets = {scheme.label: bucket_shares(profile), "token-mean": bucket_shares(ref_profile)}
+        if profile.length.nunique() == 1:
+            notes.append("Every sample has the same number of loss tokens: all schemes weight tokens equally.")
+        state = {"scheme": scheme.label, "profile": profile, "buckets": buckets[scheme.label],
+                 "total_weight": float(weights.sum()), **_extremes(profile)}
+        return state, lambda: {
+            "heatmap": plots.weight_heatmap(batch, weights, title=f"{scheme.label}: weight per token vs token-mean"),
+            "length": plots.weight_vs_length({scheme.label: profile, "token-mean": ref_profile}),
+            "buckets": plots.share_by_bucket(buckets),
+        }
+
+
+# ---------------------------------------------------------------- 03: gradient accumulation × data parallel
+
+
+class AccumulationExplorer(_App):
+    """Gradient-accumulation steps K, ranks R, normalisation and scheme → the weights the optimiser really
+    applies vs the full-batch ones, and their max relative error (0 for global normalisation)."""
+
+    def __init__(self, n_conversations: int = 16, seed: int = 0, **settings):
+        self.seed, self.n_conversations = seed, n_conversations
+        scheme_kw = {k: settings.pop(k) for k in ("scheme", "layout", "alpha", "l_max") if k in settings}
+        scheme_kw.setdefault("scheme", "token-mean")
+        self.micro_batches = _slider(W.IntSlider, settings.pop("micro_batches", 4), 1, 16, 1, "GA steps K")
+        self.ranks = _slider(W.IntSlider, settings.pop("ranks", 1), 1, 4, 1, "ranks R")
+        self.normalization = W.ToggleButtons(options=("local", "global"), value=settings.pop("normalization", "local"),
+                                             description="normalisation", style=_STYLE)
+        self.sort_by_length = W.Checkbox(value=settings.pop("sort_by_length", False),
+                                         description="sort by length (first micro-batches short)", style=_STYLE)
+        self.sizes = W.HTML()
+        rows = [_length_controls(self, **{"turns": 1, **settings}), _scheme_controls(self, **scheme_kw),
+                [self.micro_batches, self.ranks, self.normalization, self.sort_by_length]]
+        super().__init__(rows)
+        self.widget.children = self.widget.children[:-2] + (self.sizes,) + self.widget.children[-2:]
+        self.update()
+
+    def batch(self) -> Batch:
+        spec = length_spec(self.family.value, self.short_mean.value, self.long_mean.value, self.long_fraction.value)
+        convs = conversations(spec, self.turns.value, self.n_conversations, self.seed, self.sort_by_length.value)
+        return cached_layout(convs, self.layout.value, MAX_TOKENS if self.layout.value == "packed" else None)
+
+    def _compute(self, notes):
+        batch = self.batch()
+        scheme = _scheme(self, batch, notes)
+        R, K, norm = self.ranks.value, self.micro_batches.value, self.normalization.value
+        rows = batch.shape[0]
+        per_micro = rows / (R * K)
+        self.sizes.value = (f"{rows} rows = {R} rank(s) × {K} micro-batch(es) × ≈{per_micro:.2g} rows "
+                            f"(global batch {rows} rows, {int(batch.loss_mask.sum())} loss tokens)")
+        if R * K > rows:
+            notes.append(f"R·K = {R * K} > {rows} rows: some micro-batches are empty (they add nothing).")
+        ideal = token_weights(batch, scheme)
+        effective, rank, step = effective_weights(batch, scheme, ranks=R, micro_batches=K, normalization=norm)
+        error = max_relative_error(effective, ideal, batch.loss_mask)
+        eff, ref = length_profile(batch, effective), length_profile(batch, ideal)
+        per_sample = pd.DataFrame({"sample": ref["sample"], "length": ref.length, "ideal": ref.weight_per_token,
+                                   "effective": eff.weight_per_token})
+        per_sample["error"] = (per_sample.effective - per_sample.ideal) / per_sample.ideal
+        state = {"scheme": scheme.label, "ranks": R, "micro_batches": K, "normalization": norm,
+                 "micro_batch_rows": per_micro, "max_rel_error": error, "per_sample": per_sample,
+                 "total_weight": float(effective.sum()), "ideal_total_weight": float(ideal.sum())}
+        title = (f"{scheme.label}, {norm} normalisation, R={R}, K={K}: max relative error "
+                 f"{error:.1%}" + (" (exact)" if error < 1e-9 else ""))
+        return state, lambda: {"weights": plots.effective_vs_ideal(batch, effective, ideal, rank=rank, step=step,
+                                                                   title=title)}
+
+
+# ---------------------------------------------------------------- Voilà dashboard
+
+
+class Dashboard:
+    """WeightExplorer and AccumulationExplorer in two tabs (the Voilà app)."""
+
+    def __init__(self, n_conversations: int = 16, seed: int = 0):
+        self.weights = WeightExplorer(n_conversations, seed)
+        self.accumulation = AccumulationExplorer(n_conversations, seed)
+        self.widget = W.Tab(children=[self.weights.widget, self.accumulation.widget],
+                            titles=("Weights per token", "Gradient accumulation × data parallel"))
+
+    @property
+    def state(self) -> dict:
+        return {"weights": self.weights.state, "accumulation": self.accumulation.state}
+
+    def update(self) -> dict:
+        self.weights.update()
+        self.accumulation.update()
+        return self.state
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def state_is_finite(state) -> bool:
+    """True when no number in a state (nested dicts, DataFrames, floats) is NaN or infinite."""
+    if isinstance(state, dict):
+        return all(state_is_finite(v) for v in state.values())
+    if isinstance(state, pd.DataFrame):
+        numbers = state.select_dtypes("number")
+        return bool(np.isfinite(numbers.to_numpy(dtype=float)).all())
+    if isinstance(state, (float, int, np.floating)):
+        return math.isfinite(float(state))
+    return True

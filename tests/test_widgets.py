@@ -1,0 +1,191 @@
+"""Widget apps driven programmatically (no frontend): controls change `.state` as the maths says, odd values give a
+message and never NaN, and no pyplot figure is left open. One test drives a slider through a real kernel's comm."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import matplotlib.pyplot as plt
+import pytest
+from matplotlib.figure import Figure
+
+from lossreduce_demo import widgets
+from lossreduce_demo.reductions import SCHEMES
+
+
+@pytest.fixture(autouse=True)
+def no_pyplot_figures_left():
+    yield
+    assert plt.get_fignums() == []
+
+
+def assert_valid(app):
+    assert "Invalid" not in app.state["message"], app.state["message"]
+    assert widgets.state_is_finite(app.state)
+    assert app.figures and all(isinstance(f, Figure) for f in app.figures.values())
+
+
+def assert_invalid(app, *words):
+    assert app.state["message"].startswith("Invalid setting")
+    assert all(w in app.state["message"] for w in words), app.state["message"]
+    assert "Invalid setting" in app.message.value and app.figures == {}
+
+
+# ---------------------------------------------------------------- FormatsExplorer
+
+
+def test_formats_explorer_cost_grows_with_turns_and_bad_row_length_is_reported():
+    app = widgets.FormatsExplorer(family="fixed", short_mean=8)
+    assert_valid(app)
+    ratios = [app.set(turns=t)["split_over_multiturn_tokens"] for t in (1, 2, 3, 4)]
+    assert ratios[0] == 1.0 and "same rows" in app.set(turns=1)["message"]
+    assert all(a < b for a, b in zip(ratios, ratios[1:]))
+    assert all(abs(r - (t + 1) / 2) < 0.15 * (t + 1) / 2 for r, t in zip(ratios, (1, 2, 3, 4)))
+    waste = app.set(turns=3)["waste"].set_index("layout")
+    assert waste.loss_tokens.nunique() == 1  # same targets in every layout
+    assert waste.tokens["split"] > waste.tokens["multiturn"] == waste.tokens["packed"]  # packing only moves tokens
+    app.row_len.value = 32  # shorter than a conversation: packing is impossible
+    assert_invalid(app, "longer than the limit of 32")
+    app.row_len.value = 192
+    assert_valid(app)
+
+
+# ---------------------------------------------------------------- WeightExplorer
+
+
+def test_weight_explorer_schemes_move_weight_between_short_and_long():
+    app = widgets.WeightExplorer(layout="multiturn")
+    lengths = app.state["profile"].length
+    spread = lengths.max() / lengths.min()
+    assert spread > 3
+    assert app.set(scheme="token-mean")["shortest_over_longest"] == pytest.approx(1.0)
+    token_share = app.state["share_longer_half"]
+    assert token_share == pytest.approx(app.state["tokens_longer_half"])
+    seq = app.set(scheme="seq-mean-token-mean")
+    assert seq["shortest_over_longest"] == pytest.approx(spread)
+    assert seq["relative_longest"] < 1 < seq["relative_shortest"]  # long responses' tokens lose weight
+    assert seq["share_longer_half"] < token_share
+    for alpha in (0.0, 0.5, 1.0):
+        assert app.set(scheme="length-power", alpha=alpha)["shortest_over_longest"] == pytest.approx(spread ** (1 - alpha))
+    assert not app.alpha.disabled and app.l_max.disabled
+    assert_valid(app)
+
+
+def test_weight_explorer_every_scheme_and_layout_is_finite():
+    app = widgets.WeightExplorer(n_conversations=6)
+    app.draw_figures = False
+    for layout in ("split", "multiturn", "packed"):
+        for scheme in SCHEMES:
+            state = app.set(layout=layout, scheme=scheme)
+            assert widgets.state_is_finite(state) and "Invalid" not in state["message"], (layout, scheme)
+            assert state["profile"].share.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("odd, note", [
+    ({"long_fraction": 0.0}, None),
+    ({"long_fraction": 1.0}, None),
+    ({"turns": 1, "scheme": "turn-mean"}, "turn-mean = seq-mean-token-mean"),
+    ({"scheme": "length-power", "alpha": -1.0}, "favours short responses"),
+    ({"scheme": "length-power", "alpha": 2.0}, "favours long responses"),
+    ({"scheme": "seq-mean-token-sum-norm", "l_max": 1}, "shorter than the longest response"),
+    ({"family": "fixed", "short_mean": 5}, "same number of loss tokens"),
+])
+def test_weight_explorer_odd_values_give_notes_not_nan(odd, note):
+    app = widgets.WeightExplorer(n_conversations=8)
+    state = app.set(**odd)
+    assert_valid(app)
+    if note:
+        assert note in state["message"] and note in app.message.value
+
+
+def test_weight_explorer_invalid_setting_is_reported_then_recovers():
+    app = widgets.WeightExplorer(n_conversations=8)
+    app.set(family="uniform", short_mean=30, long_mean=5)
+    assert_invalid(app, "low=30", "high=5")
+    app.long_mean.value = 40
+    assert_valid(app)
+    assert app.state["profile"].length.between(31, 41).all()  # uniform 30..40 characters + <|eot|>
+
+
+def test_extreme_long_fractions_shift_the_step():
+    app = widgets.WeightExplorer(scheme="token-mean")
+    all_short = app.set(long_fraction=0.0)["profile"].length.mean()
+    all_long = app.set(long_fraction=1.0)["profile"].length.mean()
+    assert all_long > 3 * all_short
+
+
+# ---------------------------------------------------------------- AccumulationExplorer
+
+
+def test_global_normalisation_is_exact_for_every_scheme_and_split():
+    app = widgets.AccumulationExplorer(normalization="global")
+    app.draw_figures = False
+    for scheme in SCHEMES:
+        for ranks, k in ((1, 4), (2, 2), (4, 5)):
+            state = app.set(scheme=scheme, ranks=ranks, micro_batches=k)
+            assert state["max_rel_error"] < 1e-12, (scheme, ranks, k)
+            assert state["total_weight"] == pytest.approx(state["ideal_total_weight"])
+
+
+def test_local_normalisation_errs_with_skewed_lengths_only():
+    app = widgets.AccumulationExplorer(scheme="token-mean", normalization="local", micro_batches=4)
+    assert app.state["max_rel_error"] > 0.05
+    assert app.set(sort_by_length=True)["max_rel_error"] > 0.05
+    assert app.set(micro_batches=1)["max_rel_error"] < 1e-12  # one micro-batch is the full batch
+    # negative control: equal lengths, one turn, no system prompt difference in loss tokens
+    assert app.set(family="fixed", micro_batches=4)["max_rel_error"] < 1e-12
+    seq = app.set(family="bimodal", scheme="seq-mean-token-mean")
+    assert seq["max_rel_error"] < 1e-12  # 16 rows / 4 micro-batches: equal sample counts survive naive GA
+    assert app.set(micro_batches=5)["max_rel_error"] > 0.05  # 16 rows / 5: unequal sample counts do not
+    assert_valid(app)
+    assert "Invalid" not in app.state["message"]
+
+
+def test_more_micro_batches_than_rows_is_a_note():
+    app = widgets.AccumulationExplorer(n_conversations=4)
+    state = app.set(ranks=4, micro_batches=16, normalization="global")
+    assert "empty" in state["message"] and state["max_rel_error"] < 1e-12
+    assert_valid(app)
+
+
+def test_dashboard_tabs_hold_both_apps():
+    dash = widgets.Dashboard(n_conversations=8)
+    assert dash.widget.children == (dash.weights.widget, dash.accumulation.widget)
+    dash.accumulation.normalization.value = "global"
+    assert dash.state["accumulation"]["max_rel_error"] < 1e-12
+    dash.weights.scheme.value = "token-mean"
+    assert dash.update()["weights"]["shortest_over_longest"] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- a real kernel: the slider's comm
+
+
+def test_weight_explorer_reacts_to_a_comm_update_in_a_real_kernel(tmp_path):
+    import nbformat
+    from jupyter_client.manager import KernelManager
+    from nbclient import NotebookClient
+
+    cells = [
+        "from lossreduce_demo import widgets\napp = widgets.WeightExplorer(n_conversations=8, scheme='token-mean')\n"
+        "print(app.scheme.model_id, app.alpha.model_id, app.scheme.options.index('length-power'))",
+        "import json\nprint(json.dumps({'scheme': app.state['scheme'], 'ratio': app.state['shortest_over_longest'],"
+        " 'spread': float(app.state['profile'].length.max() / app.state['profile'].length.min()),"
+        " 'figures': sorted(app.figures), 'message': app.state['message']}))",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    km = KernelManager(kernel_name="python3", transport="ipc", ip=str(tmp_path / "kernel"))
+    client = NotebookClient(nb, km=km, timeout=120, kernel_name="python3")
+    with client.setup_kernel():
+        client.execute_cell(nb.cells[0], 0)
+        scheme_id, alpha_id, index = nb.cells[0].outputs[0]["text"].split()
+        kc = client.kc
+        # what the browser sends when you pick a scheme (a Dropdown syncs its index) and drag the α slider
+        for comm_id, change in ((scheme_id, {"index": int(index)}), (alpha_id, {"value": 0.0})):
+            content = {"comm_id": comm_id, "data": {"method": "update", "state": change, "buffer_paths": []}}
+            kc.shell_channel.send(kc.session.msg("comm_msg", content))
+        client.execute_cell(nb.cells[1], 1)  # shell messages run in order: both updates have been handled
+    state = json.loads(nb.cells[1].outputs[0]["text"])
+    assert state["scheme"] == "length-power α=0" and state["message"] == ""
+    assert math.isclose(state["ratio"], state["spread"]) and state["spread"] > 1  # α = 0 is seq-mean-token-mean
+    assert state["figures"] == ["buckets", "heatmap", "length"]
