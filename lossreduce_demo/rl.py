@@ -1,0 +1,510 @@
+"""Group-relative policy gradient on a toy policy: where GRPO's per-sequence mean adds a length bias (E6, E7).
+
+The tiny GPT answers one prompt with a response made from a few *templates*. The first response token is the
+template's marker (the policy's decision); the rest follows the template (fixed text, or random letters for
+gibberish) and ends with <|eot|>. Rewards depend on the template only.
+
+Every step samples `groups` groups of `group_size` responses to the prompt (on-policy), turns rewards into
+advantages (GRPO: (r - mean)/std within the group; Dr. GRPO: r - mean) and minimises
+
+    J = sum_t w_t * l_t,   l_t = -min(rho_t A, clip(rho_t, 1-eps, 1+eps) A),   rho_t = pi(o_t) / pi_old(o_t)
+
+where w is the reduction scheme's weight map from `lossreduce_demo.reductions` (the same maths as SFT):
+seq-mean-token-mean (GRPO, w = 1/(B n_i)), token-mean (DAPO, w = 1/N), seq-mean-token-sum-norm (Dr. GRPO,
+w = 1/(B L_max)). With 1/n_i a wrong 30-token response spreads its penalty over 30 tokens, so its decision
+token is pushed down 10x less than a wrong 3-token one's: long wrong answers survive (DAPO §3.3).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import pick
+from .layouts import Batch
+from .model import GPT, GPTConfig
+from .reductions import Scheme, token_weights
+from .tokenizer import ASSISTANT, BOS, EOT, PAD, ROLE_CODES, USER, decode, encode
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@dataclass(frozen=True)
+class Template:
+    """One kind of response: marker + body + answer + <|eot|>, `length` tokens in all."""
+
+    name: str
+    marker: str  # first response character: the policy's decision
+    length: int  # response tokens, <|eot|> included
+    reward: float
+    correct: bool
+    share: float  # fraction of the warm-start (SFT) data
+    body: str = ""  # fixed filler text; empty with random_body
+    random_body: bool = False  # filler is random letters (gibberish)
+    answer: str = "5"
+
+    def __post_init__(self):
+        if self.length < 3:
+            raise ValueError(f"template {self.name}: length {self.length} < 3 (marker, answer, <|eot|>)")
+        if not self.random_body and len(self.body) < self.length - 3:
+            raise ValueError(f"template {self.name}: body text shorter than {self.length - 3} characters")
+
+    def text(self, rng: np.random.Generator | None = None) -> str:
+        n = self.length - 3
+        if self.random_body:
+            rng = rng if rng is not None else np.random.default_rng()
+            filler = "".join(rng.choice(list(LETTERS), size=n))
+        else:
+            filler = self.body[:n]
+        return self.marker + filler + self.answer
+
+
+@dataclass(frozen=True)
+class Task:
+    """A prompt, its templates and which pairs the length-bias ratios compare."""
+
+    name: str
+    prompt: str
+    templates: tuple[Template, ...]
+    long_wrong: str
+    short_wrong: str
+    long_right: str | None = None
+    short_right: str | None = None
+
+    def __post_init__(self):
+        if not math.isclose(sum(t.share for t in self.templates), 1.0, abs_tol=1e-9):
+            raise ValueError(f"task {self.name}: template shares must sum to 1")
+        if len({t.marker for t in self.templates}) != len(self.templates):
+            raise ValueError(f"task {self.name}: template markers must differ")
+
+    @property
+    def budget(self) -> int:
+        """Generation budget L_max: the longest template."""
+        return max(t.length for t in self.templates)
+
+    def template(self, name: str) -> Template:
+        return next(t for t in self.templates if t.name == name)
+
+    @property
+    def prompt_tokens(self) -> list[int]:
+        return [BOS, USER] + encode(self.prompt) + [EOT, ASSISTANT]
+
+
+_WRONG = "hmm, I guess it is probably seven or so, maybe, I am not sure at all"
+_RIGHT = "2 plus 3: count 3, 4, 5 so the sum is five, answer"
+
+# E6, the DAPO analogue: 40% GUESS (3 tokens, 0.1), 40% GIBBERISH (30 tokens, 0.1), 20% REASON (10 tokens, 0.8).
+E6_TASK = Task("e6", "2+3=?", (
+    Template("GUESS", "G", 3, 0.1, False, 0.4, answer="7"),
+    Template("GIBBERISH", "J", 30, 0.1, False, 0.4, random_body=True, answer="7"),
+    Template("REASON", "R", 10, 0.8, True, 0.2, body=_RIGHT),
+), long_wrong="GIBBERISH", short_wrong="GUESS")
+
+# E7, Dr. GRPO: short/long x wrong/right, equal shares.
+E7_TASK = Task("e7", "2+3=?", (
+    Template("short-wrong", "w", 3, 0.2, False, 0.25, answer="7"),
+    Template("long-wrong", "W", 30, 0.2, False, 0.25, body=_WRONG, answer="7"),
+    Template("short-right", "r", 6, 0.8, True, 0.25, body="sum"),
+    Template("long-right", "R", 20, 0.8, True, 0.25, body=_RIGHT),
+), long_wrong="long-wrong", short_wrong="short-wrong", long_right="long-right", short_right="short-right")
+
+TASKS = {"e6": E6_TASK, "e7": E7_TASK}
+
+# name -> (reduction scheme, advantage, SGD learning rate): the three recipes compared. Plain SGD keeps the
+# weight map's scale in the update (as in E5, its learning rate absorbs the loss's overall scale: Dr. GRPO's
+# 1/(B L_max) and un-normalised advantages are ~10x smaller), so each recipe's rate is set to reach 80% right
+# answers in a similar number of steps; comparisons are made at matched reward anyway.
+ALGORITHMS = {
+    "GRPO": ("seq-mean-token-mean", "grpo", 0.02),
+    "DAPO": ("token-mean", "grpo", 0.03),
+    "Dr. GRPO": ("seq-mean-token-sum-norm", "dr_grpo", 0.2),
+}
+ADVANTAGES = ("grpo", "dr_grpo")
+
+POLICY_CONFIG = GPTConfig(context_len=48, n_layer=2, n_head=4, d_model=64)  # TINY with a short context
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    scheme: str = "seq-mean-token-mean"  # reduction of the per-token policy-gradient loss
+    advantage: str = "grpo"  # grpo: (r - mean)/std; dr_grpo: r - mean
+    steps: int = 50  # RL steps (one fresh on-policy batch each)
+    groups: int = 8  # prompts (groups) per step
+    group_size: int = 8  # G: responses per prompt
+    lr: float = 0.02  # learning rate
+    optimizer: str = "sgd"  # sgd, or adam (AdamW without weight decay; see the README on what Adam changes)
+    updates_per_batch: int = 1  # >1: PPO-style re-use of a batch, with ratio clipping
+    clip_eps: float = 0.2  # PPO ratio clip
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        Scheme(self.scheme)  # validates the name
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose sgd or adam")
+        if self.advantage not in ADVANTAGES:
+            raise ValueError(f"unknown advantage {self.advantage!r}; choose one of {', '.join(ADVANTAGES)}")
+        for name in ("steps", "groups", "group_size", "updates_per_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"RLConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+def algorithm_config(name: str, **overrides) -> RLConfig:
+    """RLConfig of a named recipe (GRPO, DAPO, Dr. GRPO), with fast-mode defaults."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")
+    scheme, advantage, lr = ALGORITHMS[name]  # fast mode: fewer, 2x larger steps
+    base = RLConfig(scheme=scheme, advantage=advantage, lr=pick(lr, 2 * lr), steps=pick(50, 20), groups=8)
+    return replace(base, **overrides)
+
+
+# ---------------------------------------------------------------- maths
+
+
+def group_advantages(rewards: torch.Tensor, kind: str = "grpo", eps: float = 1e-6) -> torch.Tensor:
+    """(groups, G) rewards -> (groups, G) advantages. grpo: (r - mean)/(std + eps), std unbiased as in TRL;
+    dr_grpo: r - mean. A group with equal rewards gets 0 everywhere."""
+    if rewards.dim() != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"rewards must be (groups, G) with G >= 2, got shape {tuple(rewards.shape)}")
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    if kind == "dr_grpo":
+        return centred
+    if kind == "grpo":
+        return centred / (rewards.std(dim=1, keepdim=True) + eps)
+    raise ValueError(f"unknown advantage {kind!r}; choose one of {', '.join(ADVANTAGES)}")
+
+
+def clipped_pg_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantage: torch.Tensor,
+                    clip_eps: float = 0.2) -> torch.Tensor:
+    """Per-token PPO loss -min(rho A, clip(rho, 1-eps, 1+eps) A), rho = exp(logp - old_logp); unreduced."""
+    rho = torch.exp(logp - old_logp)
+    return -torch.minimum(rho * advantage, rho.clamp(1 - clip_eps, 1 + clip_eps) * advantage)
+
+
+def response_batch(prompt: list[int], responses: list[list[int]]) -> Batch:
+    """Prompt + response rows as a `layouts.Batch`: one sample (and turn) per response, loss on the response."""
+    P, T = len(prompt), len(prompt) + max(len(r) for r in responses)
+    n = len(responses)
+    tokens = torch.full((n, T), PAD, dtype=torch.long)
+    loss_mask = torch.zeros((n, T), dtype=torch.bool)
+    for i, resp in enumerate(responses):
+        tokens[i, :P] = torch.tensor(prompt)
+        tokens[i, P:P + len(resp)] = torch.tensor(resp, dtype=torch.long)
+        loss_mask[i, P:P + len(resp)] = True
+    used = tokens != PAD
+    row = torch.arange(n)[:, None].expand(n, T)
+    role = torch.full((n, T), ROLE_CODES["user"])
+    role[:, 0], role[loss_mask] = ROLE_CODES["bos"], ROLE_CODES["assistant"]
+    role[~used] = ROLE_CODES["pad"]
+    return Batch(
+        tokens=tokens, loss_mask=loss_mask,
+        sample_id=torch.where(used, row, -1), conversation_id=torch.where(used, row, -1),
+        turn_id=torch.where(loss_mask, row, -1), turn_in_conversation=torch.where(loss_mask, 0, -1),
+        role=role, segment_id=torch.where(used, 0, -1), position=torch.arange(T).expand(n, T).clone(),
+        layout="multiturn")
+
+
+def rl_token_weights(batch: Batch, scheme: str, l_max: float) -> torch.Tensor:
+    """(B, T) float32 weights of the policy-gradient loss (L_max = generation budget for the constant norm)."""
+    return token_weights(batch, Scheme(scheme, l_max=float(l_max))).float()
+
+
+def weights_by_template(task: Task, schemes=None, counts: dict | None = None) -> pd.DataFrame:
+    """Per-token weight each template's tokens get in one group under each scheme (the package's weight maps).
+
+    counts: responses per template in the group (default: the warm-start shares of a group of 8)."""
+    schemes = schemes or [spec[0] for spec in ALGORITHMS.values()]
+    if counts is None:
+        counts = {t.name: max(1, round(8 * t.share)) for t in task.templates}
+    responses, names = [], []
+    for t in task.templates:
+        for _ in range(counts.get(t.name, 0)):
+            responses.append(encode(t.text(np.random.default_rng(0))) + [EOT])
+            names.append(t.name)
+    if not responses:
+        raise ValueError("counts has no responses")
+    batch = response_batch(task.prompt_tokens, responses)
+    rows = []
+    for scheme in schemes:
+        w = token_weights(batch, Scheme(scheme, l_max=float(task.budget)))  # float64
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                continue
+            per_token = float(w[i][batch.loss_mask[i]][0])
+            rows.append(dict(scheme=scheme, template=name, length=len(responses[i]), weight_per_token=per_token,
+                             weight_per_response=per_token * len(responses[i]),
+                             relative_to_shortest=np.nan))
+    frame = pd.DataFrame(rows)
+    shortest = frame.loc[frame.groupby("scheme")["length"].idxmin(), ["scheme", "weight_per_token"]]
+    ref = dict(zip(shortest["scheme"], shortest["weight_per_token"]))
+    frame["relative_to_shortest"] = frame["weight_per_token"] / frame["scheme"].map(ref)
+    return frame
+
+
+def templates_table(task: Task) -> pd.DataFrame:
+    """One row per template: marker, length, reward, share of the warm start and an example response."""
+    rng = np.random.default_rng(0)
+    return pd.DataFrame([dict(template=t.name, marker=t.marker, length=t.length, reward=t.reward, correct=t.correct,
+                              warm_start_share=t.share, example=decode(encode(t.text(rng)) + [EOT]))
+                         for t in task.templates])
+
+
+# ---------------------------------------------------------------- policy
+
+
+def new_policy(seed: int, config: GPTConfig = POLICY_CONFIG) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(config)
+
+
+def warm_start(task: Task, seed: int, steps: int | None = None, batch_size: int = 20, lr: float = 5e-3,
+               config: GPTConfig = POLICY_CONFIG) -> GPT:
+    """SFT the policy on template responses with exactly the task's shares in every batch (token-mean, so the
+    first token learns the shares; cosine decay so it lands on them and the fixed text becomes near-certain).
+    Seeded: model init and gibberish letters. Cached: the same arguments return a fresh copy of the same policy."""
+    steps = steps if steps is not None else pick(200, 100)
+    key = (task, seed, steps, batch_size, lr, repr(config))
+    if key not in _WARM_STARTS:
+        _WARM_STARTS[key] = _warm_start(task, seed, steps, batch_size, lr, config)
+    return copy.deepcopy(_WARM_STARTS[key])
+
+
+_WARM_STARTS: dict = {}
+
+
+def _warm_start(task: Task, seed: int, steps: int, batch_size: int, lr: float, config: GPTConfig) -> GPT:
+    rng = np.random.default_rng(seed)
+    policy = new_policy(seed, config)
+    opt = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    per_batch = [t for t in task.templates for _ in range(round(batch_size * t.share))]
+    for _ in tqdm(range(steps), desc=f"warm start {task.name} seed {seed}", leave=False):
+        batch = response_batch(task.prompt_tokens, [encode(t.text(rng)) + [EOT] for t in per_batch])
+        _, loss = policy(**batch.model_inputs())
+        w = rl_token_weights(batch, "token-mean", task.budget)[:, 1:]
+        opt.zero_grad(set_to_none=True)
+        (w * loss).sum().backward()
+        opt.step()
+        sched.step()
+    return policy
+
+
+@torch.no_grad()
+def template_probs(policy: GPT, task: Task) -> dict[str, float]:
+    """Exact pi(template | prompt): the probability of each marker as the first response token."""
+    logits, _ = policy(torch.tensor([task.prompt_tokens]))
+    p = F.softmax(logits[0, -1].double(), dim=-1)
+    return {t.name: float(p[encode(t.marker)[0]]) for t in task.templates}
+
+
+def _decode_step(policy: GPT, tokens: torch.Tensor, start: int, cache: list) -> torch.Tensor:
+    """Run `tokens` (n, t) at positions start.. through the policy with a key/value cache (filled in place);
+    return the next-token logits (n, V). Same maths as GPT.forward (tested), O(t) per call instead of O(T)."""
+    n, t = tokens.shape
+    x = policy.wte(tokens) + policy.wpe(torch.arange(start, start + t))  # (n, t, C)
+    for i, block in enumerate(policy.blocks):
+        attn = block.attn
+        C, nh = x.shape[-1], attn.n_head
+        q, k, v = attn.c_attn(block.ln_1(x)).split(C, dim=2)
+        q, k, v = (z.view(n, t, nh, C // nh).transpose(1, 2) for z in (q, k, v))  # (n, nh, t, hs)
+        if cache[i] is not None:
+            k, v = torch.cat([cache[i][0], k], dim=2), torch.cat([cache[i][1], v], dim=2)
+        cache[i] = (k, v)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)  # t > 1 only for the prompt (empty cache)
+        x = x + attn.c_proj(y.transpose(1, 2).reshape(n, t, C))
+        x = x + block.mlp(block.ln_2(x))
+    return F.linear(policy.ln_f(x[:, -1]), policy.wte.weight)  # (n, V)
+
+
+@torch.no_grad()
+def sample_responses(policy: GPT, task: Task, n: int, generator: torch.Generator,
+                     temperature: float = 1.0) -> list[list[int]]:
+    """n on-policy responses (batched, KV-cached), each up to <|eot|> included or cut at the generation budget."""
+    was_training = policy.training
+    policy.eval()
+    cache = [None] * len(policy.blocks)
+    prompt = torch.tensor([task.prompt_tokens])
+    logits = _decode_step(policy, prompt, 0, cache).expand(n, -1)  # the prompt is shared: run it once
+    cache = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in cache]
+    out = torch.full((n, task.budget), PAD, dtype=torch.long)
+    done = torch.zeros(n, dtype=torch.bool)
+    for t in range(task.budget):
+        probs = F.softmax(logits / temperature, dim=-1)
+        nxt = torch.where(done, PAD, torch.multinomial(probs, 1, generator=generator).squeeze(1))
+        out[:, t] = nxt
+        done = done | (nxt == EOT)
+        if bool(done.all()) or t == task.budget - 1:
+            break
+        logits = _decode_step(policy, nxt[:, None], prompt.shape[1] + t, cache)
+    policy.train(was_training)
+    return [[int(x) for x in row if x != PAD] for row in out]
+
+
+def classify(task: Task, response: list[int]) -> str:
+    """Template of a response by its first token (the marker); 'other' if none matches (reward 0)."""
+    first = decode(response[:1])
+    return next((t.name for t in task.templates if t.marker == first), "other")
+
+
+def reward_of(task: Task, name: str) -> float:
+    return next((t.reward for t in task.templates if t.name == name), 0.0)
+
+
+def _ratio(probs: dict, num: str | None, den: str | None) -> float:
+    if num is None or den is None:
+        return float("nan")
+    return probs[num] / max(probs[den], 1e-12)
+
+
+# ---------------------------------------------------------------- training
+
+
+def rl_step(policy: GPT, opt: torch.optim.Optimizer, task: Task, cfg: RLConfig,
+            generator: torch.Generator) -> dict:
+    """One on-policy step: sample, score, advantages, weighted clipped PG loss, update. Returns metrics."""
+    n = cfg.groups * cfg.group_size
+    responses = sample_responses(policy, task, n, generator, cfg.temperature)
+    names = [classify(task, r) for r in responses]
+    rewards = torch.tensor([reward_of(task, k) for k in names], dtype=torch.float32)
+    adv = group_advantages(rewards.view(cfg.groups, cfg.group_size), cfg.advantage).flatten()
+    batch = response_batch(task.prompt_tokens, responses)
+    weights = rl_token_weights(batch, cfg.scheme, task.budget)[:, 1:]  # (B, T-1): weight of predicting token t+1
+    targets = batch.model_inputs()["targets"]
+    mask = targets != -100
+    adv_tok = adv[:, None].expand_as(targets)
+    old_logp = None
+    for _ in range(cfg.updates_per_batch):
+        logits, ce = policy(**batch.model_inputs())
+        logp = -ce  # (B, T-1) log pi(token); 0 off the mask
+        if old_logp is None:
+            old_logp = logp.detach()
+            with torch.no_grad():
+                logq = F.log_softmax(logits, dim=-1)
+                entropy = -(logq.exp() * logq).sum(-1)  # (B, T-1) per-token entropy of pi
+        loss = (weights * clipped_pg_loss(logp, old_logp, adv_tok, cfg.clip_eps) * mask).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    lengths = torch.tensor([len(r) for r in responses], dtype=torch.float32)
+    right = torch.tensor([k in {t.name for t in task.templates if t.correct} for k in names])
+    wrong_tok = mask & ~right[:, None]
+    nan = float("nan")
+    row = dict(
+        mean_reward=float(rewards.mean()),
+        mean_length=float(lengths.mean()),
+        mean_length_right=float(lengths[right].mean()) if right.any() else nan,
+        mean_length_wrong=float(lengths[~right].mean()) if (~right).any() else nan,
+        entropy=float(entropy[mask].mean()),
+        entropy_wrong=float(entropy[wrong_tok].mean()) if wrong_tok.any() else nan,
+        loss=float(loss.detach()),
+    )
+    for t in task.templates:
+        row[f"sampled_{t.name}"] = sum(k == t.name for k in names) / n
+    return row
+
+
+def policy_metrics(policy: GPT, task: Task) -> dict:
+    """Exact template shares, expected reward and the length-bias ratios of the current policy."""
+    probs = template_probs(policy, task)
+    row = {f"share_{k}": v for k, v in probs.items()}
+    row["share_right"] = sum(probs[t.name] for t in task.templates if t.correct)
+    row["expected_reward"] = sum(probs[t.name] * t.reward for t in task.templates)
+    row["long_short_wrong_ratio"] = _ratio(probs, task.long_wrong, task.short_wrong)
+    row["long_short_right_ratio"] = _ratio(probs, task.long_right, task.short_right)
+    return row
+
+
+def make_optimizer(policy: GPT, cfg: RLConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(policy.parameters(), lr=cfg.lr)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose adam or sgd")
+
+
+def train_policy(task: Task, cfg: RLConfig, seed: int, policy: GPT | None = None, callback=None,
+                 progress: bool = True) -> pd.DataFrame:
+    """RL from a warm-started policy (copied, never changed; default: `warm_start(task, seed)`).
+
+    Returns tidy per-step metrics (step, metric, value); step 0 is the warm start. The row of step s holds the
+    exact policy metrics after s updates and the sampled metrics of the batch that policy then drew.
+    `callback(step, row, policy)` is called after every update with the row just completed (that of step - 1),
+    for live plots."""
+    policy = copy.deepcopy(policy if policy is not None else warm_start(task, seed))
+    opt = make_optimizer(policy, cfg)
+    generator = torch.Generator().manual_seed(seed + 10_000)
+    torch.manual_seed(seed)
+    rows = [dict(step=0, **policy_metrics(policy, task))]
+    bar = tqdm(range(1, cfg.steps + 1), desc=f"{task.name} {cfg.scheme} seed {seed}", leave=False,
+               disable=not progress)
+    for step in bar:
+        sampled = rl_step(policy, opt, task, cfg, generator)
+        rows[-1].update(sampled)  # what the policy *before* the update produced
+        rows.append(dict(step=step, **policy_metrics(policy, task)))
+        if callback is not None:
+            callback(step, rows[-2], policy)
+    wide = pd.DataFrame(rows)
+    long = wide.melt(id_vars="step", var_name="metric", value_name="value")
+    long.insert(0, "scheme", cfg.scheme)
+    long.insert(1, "advantage", cfg.advantage)
+    long.insert(2, "seed", seed)
+    return long
+
+
+def wide_metrics(table: pd.DataFrame) -> pd.DataFrame:
+    """Tidy metrics -> one row per (run, step), one column per metric."""
+    keys = [c for c in ("experiment", "algorithm", "scheme", "advantage", "seed") if c in table]
+    wide = table.set_index(keys + ["step", "metric"])["value"].unstack("metric").reset_index()
+    wide.columns.name = None
+    return wide
+
+
+def training_app(task: Task = E6_TASK, algorithms=("GRPO", "DAPO", "Dr. GRPO"), seed: int = 0,
+                 steps: int | None = None, redraw_every: int = 5):
+    """A "Train" button and a live plot: clicking warm-starts (once) and trains each recipe, redrawing the
+    length-bias ratio every `redraw_every` steps. Nothing trains until the click. Returns the widget."""
+    import ipywidgets as widgets
+
+    from .plots import rl as rl_plots
+
+    button = widgets.Button(description="Train", icon="play", button_style="primary")
+    status = widgets.Label("click Train: warm start, then one run per recipe")
+    out = widgets.Output()
+    cache: dict = {}
+
+    def redraw(rows: list[dict]) -> None:
+        out.clear_output(wait=True)
+        with out:
+            rl_plots.show(rl_plots.ratio_curves(pd.DataFrame(rows)))
+
+    def on_click(_):
+        button.disabled = True
+        try:
+            if "start" not in cache:
+                status.value = "warm start (SFT on the templates)…"
+                cache["start"] = warm_start(task, seed)
+            rows: list[dict] = []
+            for name in algorithms:
+                cfg = algorithm_config(name, **({"steps": steps} if steps else {}))
+                status.value = f"training {name} ({cfg.scheme}, {cfg.advantage} advantage)…"
+
+                def on_step(step, row, _policy, name=name, cfg=cfg):
+                    rows.append(dict(algorithm=name, scheme=cfg.scheme, seed=seed, **row))
+                    if step % redraw_every == 0:
+                        redraw(rows)
+
+                train_policy(task, cfg, seed, cache["start"], callback=on_step, progress=False)
+            redraw(rows)
+            status.value = "done: click again to re-run from the same warm start"
+        finally:
+            button.disabled = False
+
+    button.on_click(on_click)
+    return widgets.VBox([widgets.HBox([button, status]), out])

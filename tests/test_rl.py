@@ -1,0 +1,179 @@
+"""RL maths (advantages, weights, clipped objective) against hand computations; a short seeded run shows the sign
+of the length bias; notebook 05 runs headless."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lossreduce_demo import rl
+from lossreduce_demo.tokenizer import EOT, encode
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "05_rl_length_bias.ipynb"
+
+
+def test_grpo_advantage_matches_hand_computation():
+    rewards = [0.8, 0.1, 0.1, 0.1]
+    mean, std = statistics.mean(rewards), statistics.stdev(rewards)  # 0.275, 0.35
+    adv = rl.group_advantages(torch.tensor([rewards]), "grpo")[0]
+    assert torch.allclose(adv, torch.tensor([(r - mean) / std for r in rewards]), atol=1e-5)
+    assert math.isclose(float(adv[0]), 1.5, rel_tol=1e-4)
+    dr = rl.group_advantages(torch.tensor([rewards]), "dr_grpo")[0]
+    assert torch.allclose(dr, torch.tensor([0.525, -0.175, -0.175, -0.175]), atol=1e-6)
+
+
+@given(st.lists(st.lists(st.sampled_from([0.0, 0.1, 0.2, 0.8, 1.0]), min_size=8, max_size=8), min_size=1, max_size=4))
+def test_advantages_are_centred_and_never_nan(groups):
+    rewards = torch.tensor(groups)
+    for kind in rl.ADVANTAGES:
+        adv = rl.group_advantages(rewards, kind)
+        assert torch.isfinite(adv).all()
+        assert torch.allclose(adv.sum(dim=1), torch.zeros(len(groups)), atol=1e-4)
+    adv = rl.group_advantages(rewards, "grpo")
+    for row, r in zip(adv, rewards):
+        if r.std() > 0:  # GRPO's advantages have unit (unbiased) std within a group
+            assert math.isclose(float(row.std()), 1.0, rel_tol=1e-3)
+        else:  # all rewards equal: no signal
+            assert float(row.abs().max()) == 0.0
+
+
+def _batch(lengths):
+    responses = [encode("x" * (n - 1)) + [EOT] for n in lengths]
+    return rl.response_batch([1, 2, 3], responses)
+
+
+@pytest.mark.parametrize("scheme, expected", [
+    ("seq-mean-token-mean", lambda n, B, N, L: 1 / (B * n)),
+    ("token-mean", lambda n, B, N, L: 1 / N),
+    ("seq-mean-token-sum-norm", lambda n, B, N, L: 1 / (B * L)),
+])
+def test_per_token_weights_of_each_scheme_by_hand(scheme, expected):
+    lengths, l_max = [3, 30, 10], 30
+    batch = _batch(lengths)
+    w = rl.rl_token_weights(batch, scheme, l_max).double()
+    B, N = len(lengths), sum(lengths)
+    for i, n in enumerate(lengths):
+        on = w[i][batch.loss_mask[i]]
+        assert on.numel() == n and torch.allclose(on, torch.full((n,), expected(n, B, N, l_max), dtype=torch.float64))
+        assert float(w[i][~batch.loss_mask[i]].abs().sum()) == 0.0  # prompt and padding get nothing
+
+
+def test_weights_by_template_gives_the_ten_to_one_story():
+    frame = rl.weights_by_template(rl.E6_TASK).set_index(["scheme", "template"])["weight_per_token"]
+    assert math.isclose(frame["seq-mean-token-mean", "GUESS"] / frame["seq-mean-token-mean", "GIBBERISH"], 10.0)
+    for scheme in ("token-mean", "seq-mean-token-sum-norm"):
+        assert math.isclose(frame[scheme, "GUESS"], frame[scheme, "GIBBERISH"])
+
+
+def test_clipped_objective_by_hand():
+    old = torch.zeros(4)
+    logp = torch.log(torch.tensor([1.5, 1.5, 0.5, 0.5])).requires_grad_()
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    loss = rl.clipped_pg_loss(logp, old, adv, clip_eps=0.2)
+    # -min(rho A, clip(rho) A): rho 1.5 -> clip 1.2; rho 0.5 -> clip 0.8
+    assert torch.allclose(loss, torch.tensor([-1.2, 1.5, -0.5, 0.8]), atol=1e-6)
+    loss.sum().backward()
+    # clipped terms carry no gradient; unclipped ones d(-rho A)/dlogp = -rho A
+    assert torch.allclose(logp.grad, torch.tensor([0.0, 1.5, -0.5, 0.0]), atol=1e-6)
+
+
+def test_on_policy_gradient_is_plain_policy_gradient():
+    logp = torch.log(torch.tensor([0.3, 0.6])).requires_grad_()
+    adv = torch.tensor([2.0, -1.0])
+    rl.clipped_pg_loss(logp, logp.detach(), adv).sum().backward()
+    assert torch.allclose(logp.grad, -adv)  # rho = 1: the gradient of -A log pi
+
+
+def test_cached_decoding_matches_full_forward():
+    policy = rl.new_policy(3)
+    task = rl.E6_TASK
+    seq = torch.tensor([task.prompt_tokens + encode("Jabc")] * 2)
+    seq[1, -1] = encode("z")[0]
+    full, _ = policy(seq)
+    cache = [None] * len(policy.blocks)
+    P = len(task.prompt_tokens)
+    logits = [rl._decode_step(policy, seq[:, :P], 0, cache)]
+    for t in range(P, seq.shape[1]):
+        logits.append(rl._decode_step(policy, seq[:, t:t + 1], t, cache))
+    for j, step_logits in enumerate(logits):
+        assert torch.allclose(step_logits, full[:, P - 1 + j], atol=1e-5)
+
+
+def test_classify_and_rewards():
+    task = rl.E6_TASK
+    assert [rl.classify(task, encode(t.text(np.random.default_rng(0))) + [EOT]) for t in task.templates] == \
+        [t.name for t in task.templates]
+    assert rl.classify(task, encode("?") + [EOT]) == "other" and rl.reward_of(task, "other") == 0.0
+    assert [t.length for t in rl.E7_TASK.templates] == [3, 30, 6, 20]
+    assert all(len(encode(t.text())) + 1 == t.length for t in rl.E6_TASK.templates + rl.E7_TASK.templates)
+
+
+def test_bad_settings_raise_clear_errors():
+    with pytest.raises(ValueError, match="advantage"):
+        rl.RLConfig(advantage="ppo")
+    with pytest.raises(ValueError, match="scheme"):
+        rl.RLConfig(scheme="mean")
+    with pytest.raises(ValueError, match="algorithm"):
+        rl.algorithm_config("PPO")
+    with pytest.raises(ValueError, match="G >= 2"):
+        rl.group_advantages(torch.tensor([[1.0]]))
+
+
+@pytest.fixture(scope="module")
+def warm():
+    return rl.warm_start(rl.E6_TASK, seed=0, steps=60)
+
+
+def _final_ratio(table):
+    wide = rl.wide_metrics(table)
+    return float(wide.sort_values("step")["long_short_wrong_ratio"].iloc[-1])
+
+
+def test_warm_start_learns_the_shares(warm):
+    probs = rl.template_probs(warm, rl.E6_TASK)
+    for t in rl.E6_TASK.templates:
+        assert abs(probs[t.name] - t.share) < 0.05, probs
+
+
+def test_seq_mean_favours_long_wrong_answers_and_runs_are_deterministic(warm):
+    kw = dict(steps=8, groups=4, lr=0.06)
+    grpo = rl.train_policy(rl.E6_TASK, rl.algorithm_config("GRPO", **kw), 0, warm, progress=False)
+    dapo = rl.train_policy(rl.E6_TASK, rl.algorithm_config("DAPO", lr=0.09, **{k: kw[k] for k in ("steps", "groups")}),
+                           0, warm, progress=False)
+    assert _final_ratio(grpo) > 1.3 * _final_ratio(dapo)
+    again = rl.train_policy(rl.E6_TASK, rl.algorithm_config("GRPO", **kw), 0, warm, progress=False)
+    assert grpo.equals(again)
+    assert rl.template_probs(warm, rl.E6_TASK) == rl.template_probs(warm, rl.E6_TASK)  # start left unchanged
+
+
+def test_notebook_05_runs_headless(monkeypatch, tmp_path):
+    from jupyter_client.manager import KernelManager
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("LOSSREDUCE_FAST", "1")
+    monkeypatch.setenv("LOSSREDUCE_THREADS", "1")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    km = KernelManager(kernel_name="python3", transport="ipc", ip=str(tmp_path / "kernel"))
+    NotebookClient(nb, km=km, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    errors = [(i, out.get("ename"), out.get("evalue")) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+              for out in cell.outputs if out.output_type == "error"]
+    assert not errors, errors
+
+
+def test_ppo_style_reuse_of_a_batch_stays_finite(warm):
+    policy = rl.warm_start(rl.E6_TASK, seed=0, steps=60)
+    cfg = rl.RLConfig(scheme="token-mean", steps=1, groups=2, updates_per_batch=3, lr=0.05)
+    before = [p.detach().clone() for p in policy.parameters()]
+    row = rl.rl_step(policy, rl.make_optimizer(policy, cfg), rl.E6_TASK, cfg, torch.Generator().manual_seed(0))
+    assert all(math.isfinite(v) for k, v in row.items() if k not in ("mean_length_right", "entropy_wrong",
+                                                                         "mean_length_wrong"))
+    assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
