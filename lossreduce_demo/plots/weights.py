@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.colors import LogNorm, to_rgb
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from ..layouts import Batch, layout_waste
 from ..report import length_profile
@@ -315,5 +315,6 @@ def effective_vs_ideal(batch: Batch, effective, ideal, *, rank=None, step=None, 
     bottom.axhline(0, color="black", linewidth=0.8)
     bottom.set_ylabel("error vs ideal (%)")
     bottom.set_xlabel("sample (batch order)")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     top.set_title(title or f"max relative error {np.abs(err).max():.1%}", fontsize=10)
     return fig
