@@ -30,6 +30,9 @@ demo: $(VENV)/.installed  ## the headless default job
 	$(PY) -m lossreduce_demo weights data/default_chats.jsonl --scheme seq-mean-token-mean --micro-batches 4 \
 		--normalization local --out build/weights.csv
 
+figures: $(VENV)/.installed  ## regenerate the README's figures in docs/figures
+	$(PY) -m lossreduce_demo.figures docs/figures
+
 bench: $(VENV)/.installed-dev
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
