@@ -1,0 +1,164 @@
+"""Training plots: curves of a `train()` history and the figures of experiments E1, E2, E4, E5.
+
+Every function takes tidy DataFrames (train.HISTORY_COLUMNS or experiments.COLUMNS) and returns a Figure.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import PALETTE, new_figure, scheme_color
+
+METRIC_LABELS = {
+    "objective": "objective Σ w·l (as the scheme reports it)",
+    "train_token_loss": "training token-mean loss (nats/token)",
+    "heldout_loss": "held-out token-mean loss (nats/token)",
+    "heldout_accuracy": "held-out next-token accuracy",
+    "p_long": 'P("L") at the branch',
+}
+
+
+__all__ = ["training_curves", "bucket_curves", "p_long_figure", "e2_figure", "e4_figure", "e5_figure",
+           "gradient_share_figure"]
+
+
+def _run_color(label: str, i: int) -> str:
+    name = str(label).split(" (")[0]
+    return scheme_color(name) if i == 0 or "(" not in str(label) else PALETTE[i % len(PALETTE)]
+
+
+def training_curves(history: pd.DataFrame, metric: str = "heldout_loss", *, by: str = "run", title: str = ""):
+    """One line per `by` value (mean over seeds, band = min..max) of `metric` against the optimizer step."""
+    rows = history[(history.metric == metric) & history.bucket.isna()] if "bucket" in history else \
+        history[history.metric == metric]
+    fig, ax = new_figure()
+    for i, (label, sel) in enumerate(rows.groupby(by, sort=False)):
+        stats = sel.groupby("step").value.agg(["mean", "min", "max"])
+        color = PALETTE[i % len(PALETTE)]
+        ax.plot(stats.index, stats["mean"], color=color, label=str(label), linewidth=1.4)
+        if sel.seed.nunique() > 1:
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.15, linewidth=0)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.set_title(title or metric)
+    ax.legend(fontsize=8, frameon=False)
+    return fig
+
+
+def bucket_curves(history: pd.DataFrame, run: str, metric: str = "heldout_loss", title: str = ""):
+    """`metric` per response-length bucket (one line per bucket) for one run."""
+    rows = history[(history.metric == metric) & history.bucket.notna() & (history.run == run)]
+    fig, ax = new_figure()
+    for i, (bucket, sel) in enumerate(rows.groupby("bucket", sort=False)):
+        stats = sel.groupby("step").value.mean()
+        ax.plot(stats.index, stats.to_numpy(), color=PALETTE[i % len(PALETTE)], label=f"{bucket} tokens")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.set_title(title or f"{run}: {metric} by response length")
+    ax.legend(fontsize=8, frameon=False, title="response length")
+    return fig
+
+
+def p_long_figure(table: pd.DataFrame, title: str = 'Learned P("L") at the branch', by: str = "run"):
+    """Measured p_long per seed (dots) and its prediction (black bar), one column per run."""
+    rows = table[table.metric == "p_long"]
+    labels = list(dict.fromkeys(rows[by]))
+    fig, ax = new_figure(width=max(6.0, 1.6 * len(labels)))
+    for i, label in enumerate(labels):
+        sel = rows[rows[by] == label]
+        color = _run_color(label, 0)
+        ax.scatter(np.full(len(sel), i) + np.linspace(-0.12, 0.12, len(sel)), sel.value, color=color, s=28,
+                   zorder=3, label="measured (one per seed)" if i == 0 else None)
+        ax.hlines(sel.predicted.astype(float).mean(), i - 0.3, i + 0.3, color="#888888", linewidth=2.5, zorder=2,
+                  label="predicted" if i == 0 else None)
+    ax.set_xticks(range(len(labels)), [str(lab).replace(" (", "\n(") for lab in labels], fontsize=8)
+    ax.set_ylabel('P("L" | prompt)')
+    ax.set_ylim(0, max(0.3, float(rows.value.max()) * 1.15))
+    ax.set_title(title)
+    ax.legend(fontsize=8, frameon=False)
+    return fig
+
+
+def e2_figure(table: pd.DataFrame):
+    """E2: relative weight distance to the (16, 1) run against ga (naive vs global, both datasets), and the
+    learned P("L") against the naive micro-batch size."""
+    fig, axes = new_figure(1, 2, width=10.0)
+    ax, bx = axes[0, 0], axes[0, 1]
+    dist = table[(table.metric == "rel_weight_distance") & (table.grad_accum > 1)]
+    styles = {"local": ("naive (local)", "#D55E00"), "global": ("global", "#0072B2")}
+    for (data, norm), sel in dist.groupby(["format", "normalization"]):
+        stats = sel.groupby("grad_accum").value.agg(["mean", "min", "max"])
+        label, color = styles[norm]
+        ls = "-" if data == "mixed lengths" else ":"
+        ax.plot(stats.index, stats["mean"].clip(lower=1e-12), ls, marker="o", color=color,
+                label=f"{label}, {data}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("gradient-accumulation steps (micro-batch = 16 / ga)")
+    ax.set_ylabel("‖W − W(16,1)‖ / ‖W(16,1)‖")
+    ax.set_title("E2: distance to the full-batch run")
+    ax.legend(fontsize=7, frameon=False, loc="center right")
+    p = table[table.metric == "p_long"].groupby("micro_batch_size")[["value", "predicted"]]
+    stats = p.mean()
+    bx.plot(stats.index, stats.predicted.astype(float), "k--", marker="s", label="predicted")
+    bx.plot(stats.index, stats.value, marker="o", color="#D55E00", label="measured (mean of seeds)")
+    bx.set_xscale("log", base=2)
+    bx.set_xlabel("naive micro-batch size (samples)")
+    bx.set_ylabel('P("L" | prompt)')
+    bx.set_title("E2: naive token-mean learns a batch-size prior")
+    bx.legend(fontsize=8, frameon=False)
+    return fig
+
+
+def e4_figure(table: pd.DataFrame):
+    """E4: P("L") per (format, scheme), measured (dots per seed) vs predicted (black bar)."""
+    rows = table[table.metric == "p_long"].copy()
+    rows["label"] = rows["format"].astype(str) + ": " + rows["scheme"].astype(str)
+    fig = p_long_figure(rows, 'E4: P("L") at turn 3, format A (split) vs B (multi-turn)', by="label")
+    return fig
+
+
+def e5_figure(table: pd.DataFrame):
+    """E5: final held-out loss against the SGD learning rate (token-mean vs token-sum), and Adam's final loss."""
+    fig, axes = new_figure(1, 2, width=10.0)
+    ax, bx = axes[0, 0], axes[0, 1]
+    sgd = table[table.metric == "sgd_final_heldout_loss"]
+    for scheme, sel in sgd.groupby("scheme", sort=False):
+        stats = sel.groupby("lr").value.mean()
+        ax.plot(stats.index, stats.clip(upper=10).to_numpy(), marker="o", color=scheme_color(scheme), label=scheme)
+    ax.set_xscale("log")
+    ax.set_xlabel("SGD learning rate")
+    ax.set_ylabel("final held-out loss (nats/token, capped at 10)")
+    ax.set_title("E5: SGD, same grid for sum and mean")
+    ax.legend(fontsize=8, frameon=False)
+    adam = table[table.metric == "final_heldout_loss"]
+    stats = adam.groupby("scheme", sort=False).value.agg(["mean", "min", "max"])
+    bx.bar(range(len(stats)), stats["mean"], color=[scheme_color(s) for s in stats.index])
+    bx.errorbar(range(len(stats)), stats["mean"], yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
+                fmt="none", color="black", capsize=3)
+    bx.set_xticks(range(len(stats)), stats.index, fontsize=8)
+    bx.set_ylabel("final held-out loss (nats/token)")
+    bx.set_title("E5: Adam, sum vs sum / C vs mean")
+    return fig
+
+
+def gradient_share_figure(buckets: pd.DataFrame, title: str = "Share of the gradient step by response length"):
+    """Bars of gradients.bucket_shares: each scheme's gradient share per response-length bucket, with the bucket's
+    share of loss tokens as a grey outline."""
+    labels = list(dict.fromkeys(buckets.bucket))
+    schemes = list(dict.fromkeys(buckets.scheme))
+    width = 0.8 / max(len(schemes), 1)
+    fig, ax = new_figure(width=max(6.0, 1.5 * len(labels)))
+    x = np.arange(len(labels))
+    tokens = buckets.drop_duplicates("bucket").set_index("bucket").token_share.reindex(labels)
+    ax.bar(x, tokens, width=0.9, facecolor="none", edgecolor="#888888", linestyle="--", label="share of loss tokens")
+    for j, scheme in enumerate(schemes):
+        sel = buckets[buckets.scheme == scheme].set_index("bucket").gradient_share.reindex(labels)
+        ax.bar(x - 0.4 + width * (j + 0.5), sel, width=width, color=scheme_color(scheme), label=scheme)
+    ax.set_xticks(x, [f"{b} tokens" for b in labels], fontsize=8)
+    ax.set_xlabel("response length (loss tokens of the turn)")
+    ax.set_ylabel("share of the gradient step (projection)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, frameon=False)
+    return fig
