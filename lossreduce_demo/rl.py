@@ -13,6 +13,12 @@ where w is the reduction scheme's weight map from `lossreduce_demo.reductions` (
 seq-mean-token-mean (GRPO, w = 1/(B n_i)), token-mean (DAPO, w = 1/N), seq-mean-token-sum-norm (Dr. GRPO,
 w = 1/(B L_max)). With 1/n_i a wrong 30-token response spreads its penalty over 30 tokens, so its decision
 token is pushed down 10x less than a wrong 3-token one's: long wrong answers survive (DAPO §3.3).
+
+Two design choices keep the toy's own geometry from adding a length bias of its own (measured, see the README):
+the policy's output head is untied from its input embedding (tied, a marker's output row is also the input
+embedding that must predict its template's continuation, so long and short markers end up with gradients of
+different size), and no marker character occurs in any template's text (else rewarding that text also moves
+the marker's logit).
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from .config import pick
 from .layouts import Batch
-from .model import GPT, GPTConfig
+from .model import GPT, IGNORE_INDEX, GPTConfig
 from .reductions import Scheme, token_weights
 from .tokenizer import ASSISTANT, BOS, EOT, PAD, ROLE_CODES, USER, decode, encode
 
@@ -83,6 +90,12 @@ class Task:
             raise ValueError(f"task {self.name}: template shares must sum to 1")
         if len({t.marker for t in self.templates}) != len(self.templates):
             raise ValueError(f"task {self.name}: template markers must differ")
+        for t in self.templates:
+            text = set(LETTERS if t.random_body else t.body[:t.length - 3]) | set(t.answer)
+            for m in self.templates:
+                if m.marker in text:
+                    raise ValueError(f"task {self.name}: marker {m.marker!r} of {m.name} occurs in the text of "
+                                     f"{t.name}; markers must not occur in any template's text")
 
     @property
     def budget(self) -> int:
@@ -107,12 +120,12 @@ E6_TASK = Task("e6", "2+3=?", (
     Template("REASON", "R", 10, 0.8, True, 0.2, body=_RIGHT),
 ), long_wrong="GIBBERISH", short_wrong="GUESS")
 
-# E7, Dr. GRPO: short/long x wrong/right, equal shares.
+# E7, Dr. GRPO: short/long x wrong/right, equal shares. Markers x (cross) / v (tick), upper case for long.
 E7_TASK = Task("e7", "2+3=?", (
-    Template("short-wrong", "w", 3, 0.2, False, 0.25, answer="7"),
-    Template("long-wrong", "W", 30, 0.2, False, 0.25, body=_WRONG, answer="7"),
-    Template("short-right", "r", 6, 0.8, True, 0.25, body="sum"),
-    Template("long-right", "R", 20, 0.8, True, 0.25, body=_RIGHT),
+    Template("short-wrong", "x", 3, 0.2, False, 0.25, answer="7"),
+    Template("long-wrong", "X", 30, 0.2, False, 0.25, body=_WRONG, answer="7"),
+    Template("short-right", "v", 6, 0.8, True, 0.25, body="sum"),
+    Template("long-right", "V", 20, 0.8, True, 0.25, body=_RIGHT),
 ), long_wrong="long-wrong", short_wrong="short-wrong", long_right="long-right", short_right="short-right")
 
 TASKS = {"e6": E6_TASK, "e7": E7_TASK}
@@ -258,9 +271,34 @@ def templates_table(task: Task) -> pd.DataFrame:
 # ---------------------------------------------------------------- policy
 
 
-def new_policy(seed: int, config: GPTConfig = POLICY_CONFIG) -> GPT:
+class Policy(GPT):
+    """The toy GPT with an output head untied from the token embedding (same blocks, same forward contract)."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__(cfg)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        nn.init.normal_(self.head.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None, attn_mask=None, positions=None):
+        B, T = idx.shape
+        if T > self.cfg.context_len:
+            raise ValueError(f"sequence length {T} exceeds context_len {self.cfg.context_len}")
+        positions = torch.arange(T) if positions is None else positions
+        if attn_mask is not None:  # as GPT.forward: (B, 1, T, T), a query always sees itself
+            attn_mask = (attn_mask if attn_mask.dim() == 4 else attn_mask.unsqueeze(1)) | torch.eye(T, dtype=torch.bool)
+        x = self.wte(idx) + self.wpe(positions)
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        logits = self.head(self.ln_f(x))  # (B, T, V)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
+        return logits, loss.view(B, T)
+
+
+def new_policy(seed: int, config: GPTConfig = POLICY_CONFIG) -> Policy:
     torch.manual_seed(seed)
-    return GPT(config)
+    return Policy(config)
 
 
 def warm_start(task: Task, seed: int, steps: int | None = None, batch_size: int = 20, lr: float = 5e-3,
@@ -319,7 +357,7 @@ def _decode_step(policy: GPT, tokens: torch.Tensor, start: int, cache: list) -> 
         y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)  # t > 1 only for the prompt (empty cache)
         x = x + attn.c_proj(y.transpose(1, 2).reshape(n, t, C))
         x = x + block.mlp(block.ln_2(x))
-    return F.linear(policy.ln_f(x[:, -1]), policy.wte.weight)  # (n, V)
+    return policy.head(policy.ln_f(x[:, -1]))  # (n, V)
 
 
 @torch.no_grad()

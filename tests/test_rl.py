@@ -1,13 +1,11 @@
 """RL maths (advantages, weights, clipped objective) against hand computations; a short seeded run shows the sign
-of the length bias; notebook 05 runs headless."""
+of the length bias (notebook 05 is executed by tests/test_notebooks.py)."""
 
 from __future__ import annotations
 
 import math
 import statistics
-from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
 import torch
@@ -16,8 +14,6 @@ from hypothesis import strategies as st
 
 from lossreduce_demo import rl
 from lossreduce_demo.tokenizer import EOT, encode
-
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "05_rl_length_bias.ipynb"
 
 
 def test_grpo_advantage_matches_hand_computation():
@@ -127,6 +123,22 @@ def test_bad_settings_raise_clear_errors():
         rl.group_advantages(torch.tensor([[1.0]]))
 
 
+def test_a_marker_may_not_occur_in_any_template_text():
+    short = rl.Template("short", "r", 3, 0.2, False, 0.5)
+    with pytest.raises(ValueError, match="marker 'r' of short occurs in the text of long"):
+        rl.Task("t", "?", (short, rl.Template("long", "L", 10, 0.8, True, 0.5, body="probably")), "long", "short")
+    with pytest.raises(ValueError, match="occurs in the text of gib"):  # random letters may produce any of them
+        rl.Task("t", "?", (short, rl.Template("gib", "G", 10, 0.1, False, 0.5, random_body=True)), "gib", "short")
+
+
+def test_policy_head_is_untied_and_trains_separately():
+    policy = rl.new_policy(0)
+    assert policy.head.weight.data_ptr() != policy.wte.weight.data_ptr()
+    _, loss = policy(torch.tensor([rl.E7_TASK.prompt_tokens]), torch.tensor([[-100] * 8 + encode("x")]))
+    loss.sum().backward()
+    assert policy.head.weight.grad.abs().sum() > 0 and policy.wte.weight.grad[encode("x")[0]].abs().sum() == 0
+
+
 @pytest.fixture(scope="module")
 def warm():
     return rl.warm_start(rl.E6_TASK, seed=0, steps=60)
@@ -152,21 +164,6 @@ def test_seq_mean_favours_long_wrong_answers_and_runs_are_deterministic(warm):
     again = rl.train_policy(rl.E6_TASK, rl.algorithm_config("GRPO", **kw), 0, warm, progress=False)
     assert grpo.equals(again)
     assert rl.template_probs(warm, rl.E6_TASK) == rl.template_probs(warm, rl.E6_TASK)  # start left unchanged
-
-
-def test_notebook_05_runs_headless(monkeypatch, tmp_path):
-    from jupyter_client.manager import KernelManager
-    from nbclient import NotebookClient
-
-    monkeypatch.setenv("LOSSREDUCE_FAST", "1")
-    monkeypatch.setenv("LOSSREDUCE_THREADS", "1")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    km = KernelManager(kernel_name="python3", transport="ipc", ip=str(tmp_path / "kernel"))
-    NotebookClient(nb, km=km, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-    errors = [(i, out.get("ename"), out.get("evalue")) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
-              for out in cell.outputs if out.output_type == "error"]
-    assert not errors, errors
 
 
 def test_ppo_style_reuse_of_a_batch_stays_finite(warm):
