@@ -33,6 +33,11 @@ demo: $(VENV)/.installed  ## the headless default job
 figures: $(VENV)/.installed  ## regenerate the README's figures in docs/figures
 	$(PY) -m lossreduce_demo.figures docs/figures
 
+APP_PORT ?= 8866
+
+app: $(VENV)/.installed  ## the workshop dashboard as an app (Voila, code hidden) on http://localhost:$(APP_PORT)
+	$(VENV)/bin/voila notebooks/app.ipynb --port=$(APP_PORT)
+
 bench: $(VENV)/.installed-dev
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 

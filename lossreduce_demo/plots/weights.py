@@ -306,6 +306,10 @@ def effective_vs_ideal(batch: Batch, effective, ideal, *, rank=None, step=None, 
                 label="full batch (ideal)")
     top.set_yscale("log")
     top.yaxis.set_minor_formatter(NullFormatter())
+    values = np.concatenate([eff.weight_per_token, ref.weight_per_token])
+    positive = values[values > 0]
+    if positive.size and positive.max() < 1.5 * positive.min():  # (nearly) uniform weights: show a decade around them, not rounding noise
+        top.set_ylim(positive.min() / 3, positive.max() * 3)
     top.set_ylabel("weight per token")
     handles = [Patch(color=PALETTE[i % len(PALETTE)], label=f"rank {r}, micro-batch {k}")
                for (r, k), i in list(order.items())[:8]]

@@ -1,0 +1,178 @@
+"""Real-browser harness: JupyterLab and Voilà servers driven by Debian's headless Chromium through Playwright.
+
+Helpers here, fixtures in conftest.py; run with `make test-browser`. Each server runs on a free port with a
+temporary Jupyter config dir, serves a copy of the notebooks (Lab autosaves) and is always stopped, kernels
+included. Screenshots go to build/screenshots/, server logs to build/browser-logs/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = ROOT / "notebooks"
+APP = NOTEBOOKS / "app.ipynb"  # the Voilà workshop dashboard (make app)
+SCREENSHOTS = ROOT / "build" / "screenshots"
+LOGS = ROOT / "build" / "browser-logs"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+LAB_SETTINGS = {  # no news pop-up, no update check, every cell attached to the DOM (no lazy windowing)
+    "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
+    "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
+}
+
+
+def tool(name: str) -> str:
+    """`jupyter` / `voila` next to the interpreter running pytest (the venv's), else the one on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else (shutil.which(name) or name)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_env(config_dir: Path) -> dict:
+    """The test's environment, fast mode on, with Jupyter's config and runtime state kept in `config_dir`."""
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(config_dir), JUPYTER_RUNTIME_DIR=str(config_dir / "runtime"))
+    for name in ("JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR", "MPLBACKEND"):
+        env.pop(name, None)  # MPLBACKEND=Agg in a kernel turns every figure into text
+    env.setdefault("LOSSREDUCE_FAST", "1")
+    env.setdefault("LOSSREDUCE_THREADS", "1")
+    for name, values in LAB_SETTINGS.items():
+        path = config_dir / "lab" / "user-settings" / f"{name}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+    return env
+
+
+def copy_notebooks(src: Path, dst: Path) -> Path:
+    """Copy `src` to `dst` with every notebook cleared of outputs and widget state and set to the python3 kernel."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+    for path in dst.glob("*.ipynb"):
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "code":
+                cell["outputs"], cell["execution_count"] = [], None
+        nb["metadata"].pop("widgets", None)
+        nb["metadata"]["kernelspec"] = KERNELSPEC
+        path.write_text(json.dumps(nb, indent=1, ensure_ascii=False), encoding="utf-8")
+    return dst
+
+
+class Server:
+    """A server process in its own session; `stop` ends it and every process it started (kernels too)."""
+
+    def __init__(self, name: str, argv: list, cwd: Path, env: dict, port: int):
+        self.name, self.argv, self.cwd, self.env, self.port = name, argv, cwd, env, port
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOGS / f"{name}.log"
+        self.proc = None
+
+    def start(self, timeout: float = 60.0) -> "Server":
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"{self.name} not listening on port {self.port} after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self) -> None:
+        """SIGTERM to the server and, at the same time, to its kernels (their state is disposable here); then
+        SIGKILL whatever is still alive after a grace period. Only processes this server started are touched."""
+        import psutil
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            processes = [psutil.Process(self.proc.pid)]
+            processes += processes[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            return
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.terminate()
+        _, alive = psutil.wait_procs(processes, timeout=10)
+        for process in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        psutil.wait_procs(alive, timeout=5)
+        self.proc.wait(timeout=5)
+
+
+@dataclass
+class Lab:
+    url: str
+    token: str
+    root: Path
+
+    def notebook_url(self, name: str) -> str:
+        """A fresh workspace per visit, so Lab restores no tabs from an earlier one."""
+        return f"{self.url}/lab/workspaces/{uuid.uuid4().hex}/tree/{name}?reset&token={self.token}"
+
+
+# Page helpers shared by the Lab and Voilà tests.
+
+def image_src(output, settle_s: float = 1.0, timeout_s: float = 30.0) -> str:
+    """The src (a data: URL) of the first image in a widget Output once drawn and unchanged for `settle_s`
+    (a redraw still on its way from the kernel must not be taken for the effect of the next action)."""
+    img = output.locator("img").first
+    img.wait_for(state="visible", timeout=timeout_s * 1000)
+    src, since, deadline = img.get_attribute("src"), time.monotonic(), time.monotonic() + timeout_s
+    while time.monotonic() - since < settle_s:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the plot kept changing for {timeout_s:.0f} s")
+        time.sleep(0.2)
+        img.wait_for(state="visible", timeout=timeout_s * 1000)
+        current = img.get_attribute("src")
+        if current != src:
+            src, since = current, time.monotonic()
+    return src
+
+
+def wait_for_new_image(output, old_src: str, timeout: float = 30_000) -> str:
+    """Wait until the Output shows an image different from `old_src` (it is cleared and redrawn)."""
+    from playwright.sync_api import expect
+
+    img = output.locator("img").first
+    expect(img).to_be_visible(timeout=timeout)
+    expect(img).not_to_have_attribute("src", old_src, timeout=timeout)
+    return img.get_attribute("src")
+
+
+def nudge_slider(slider) -> tuple[str, str]:
+    """Move an ipywidgets slider one step with the keyboard on its handle, as a user would; (old, new) value."""
+    from playwright.sync_api import expect
+
+    handle = slider.locator(".noUi-handle").first
+    old = handle.get_attribute("aria-valuenow")
+    handle.focus()
+    handle.press("ArrowLeft" if old == handle.get_attribute("aria-valuemax") else "ArrowRight")
+    expect(handle).not_to_have_attribute("aria-valuenow", old)
+    return old, handle.get_attribute("aria-valuenow")

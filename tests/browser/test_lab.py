@@ -1,0 +1,87 @@
+"""The notebooks' widgets in a real JupyterLab: Run All, move a slider, click the training button."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from harness import image_src, nudge_slider, wait_for_new_image
+
+pytestmark = pytest.mark.browser
+
+PROMPTS = "() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')].map(e => e.textContent)"
+STARTED = f"() => ({PROMPTS})().some(t => /\\[(\\*|\\d+)\\]/.test(t))"
+FINISHED = f"() => !({PROMPTS})().some(t => t.includes('*'))"
+OUTPUT_IMAGES = "cell => [...cell.querySelectorAll('.widget-output img')].map(img => img.src)"
+KERNEL_IDLE = """() => {
+  const kernel = document.querySelector('.jp-Toolbar-kernelName');
+  const status = document.querySelector('.jp-Notebook-ExecutionIndicator');
+  return kernel && !kernel.textContent.includes('No Kernel') && status && status.dataset.status === 'idle';
+}"""  # before the kernel starts the indicator already reads idle, next to "No Kernel"
+
+
+def open_notebook(page, lab, name: str) -> None:
+    """Open `name` in a fresh workspace and wait until its kernel is started and idle."""
+    page.goto(lab.notebook_url(name))
+    page.locator(".jp-Notebook .jp-CodeCell").first.wait_for()
+    page.wait_for_function(KERNEL_IDLE, timeout=60_000)
+
+
+def run_all(page, timeout_s: float) -> None:
+    """Run > Run All Cells from the menu (once more if the first click is ignored), then wait for every cell."""
+    for attempt in (1, 2):
+        page.keyboard.press("Escape")
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        try:
+            page.wait_for_function(STARTED, timeout=10_000)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+    page.wait_for_function(FINISHED, timeout=timeout_s * 1000)
+    prompts = [p.strip() for p in page.evaluate(PROMPTS)]
+    not_run = [i for i, p in enumerate(prompts) if not re.fullmatch(r"\[\d+\]:", p)]
+    if not_run:
+        errors = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
+        pytest.fail(f"code cells {not_run} did not run; prompts {prompts}\n" + "\n".join(errors.all_inner_texts()))
+
+
+def test_weight_explorer_slider_redraws_plot(page, lab, screenshots):
+    open_notebook(page, lab, "02_reduction_schemes.ipynb")
+    page.screenshot(path=screenshots / "lab_02_1_opened.png")
+    run_all(page, timeout_s=60)
+
+    cell = page.locator(".jp-CodeCell").filter(has=page.locator(".widget-slider")).filter(
+        has=page.locator(".widget-output img")).first
+    output = cell.locator(".widget-output").first
+    before = image_src(output)
+    cell.scroll_into_view_if_needed()
+    page.screenshot(path=screenshots / "lab_02_2_ran_all.png")
+
+    old, new = nudge_slider(cell.locator(".widget-slider").first)
+    after = wait_for_new_image(output, before)
+    cell.scroll_into_view_if_needed()
+    page.screenshot(path=screenshots / "lab_02_3_slider_moved.png")
+    assert old != new and after != before and after.startswith("data:image/png")
+
+
+def test_training_button_shows_result(page, lab, screenshots):
+    from playwright.sync_api import expect
+
+    open_notebook(page, lab, "04_training_tiny_gpt.ipynb")
+    run_all(page, timeout_s=90)
+    train = re.compile("train", re.I)
+    cell = page.locator(".jp-CodeCell").filter(has=page.locator(".widget-button").filter(has_text=train)).first
+    cell.scroll_into_view_if_needed()
+    page.screenshot(path=screenshots / "lab_04_1_ran_all.png")
+
+    before = cell.evaluate(OUTPUT_IMAGES)
+    cell.locator(".widget-button").filter(has_text=train).first.click()
+    page.wait_for_function(f"([cell, before]) => ({OUTPUT_IMAGES})(cell).some(src => !before.includes(src))",
+                           arg=[cell.element_handle(), before], timeout=90_000)
+    expect(cell).to_contain_text(re.compile(r"trained in [\d.]+ s"), timeout=60_000)  # the app's status line
+    cell.scroll_into_view_if_needed()
+    page.screenshot(path=screenshots / "lab_04_2_trained.png")
+    new = [src for src in cell.evaluate(OUTPUT_IMAGES) if src not in before]
+    assert new and all(src.startswith("data:image/png") for src in new)
