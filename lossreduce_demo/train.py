@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from .layouts import LAYOUTS, Batch, make_layout, packed_layout
 from .model import GPT, IGNORE_INDEX, TINY, GPTConfig
 from .reductions import NORMALIZATIONS, Scheme, as_scheme, effective_weights, micro_batch_plan
-from .tokenizer import render
+from .tokenizer import PAD, render
 
 OPTIMIZERS = ("adamw", "sgd")
 LENGTH_BUCKETS = (0, 8, 16, 32, 64, 10_000)  # edges (lo, hi] of response length in loss tokens
@@ -225,12 +225,14 @@ def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 def grouped_forward(cfg: GPTConfig, params: dict[str, torch.Tensor], idx: torch.Tensor,
                     targets: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
-                    positions: torch.Tensor | None = None):
+                    positions: torch.Tensor | None = None, return_logits: bool = True):
     """`GPT.forward` for S models at once, with stacked parameters (name -> (S, ...)).
 
     The same maths as model.py, written with batched matmuls over the leading run axis (a "grouped" model):
     on a CPU this is much faster than vmap over functional_call. Returns logits (S, B, T, V) and the
-    unreduced per-token loss (S, B, T) (None without targets). Dropout is not supported (the toy uses 0)."""
+    unreduced per-token loss (S, B, T) (None without targets). Dropout is not supported (the toy uses 0).
+    return_logits=False (with targets): logits None, and the output layer runs on the target positions only
+    (0 loss elsewhere), which saves its work on prompts and padding during training."""
     P = params
     S, (B, T), C, nh = P["wte.weight"].shape[0], idx.shape, cfg.d_model, cfg.n_head
     if T > cfg.context_len:
@@ -254,7 +256,14 @@ def grouped_forward(cfg: GPTConfig, params: dict[str, torch.Tensor], idx: torch.
         h = _layer_norm(x, P[p + "ln_2.weight"], P.get(p + "ln_2.bias"))
         h = F.gelu(_linear(h, P[p + "mlp.c_fc.weight"], P.get(p + "mlp.c_fc.bias")))
         x = x + _linear(h, P[p + "mlp.c_proj.weight"], P.get(p + "mlp.c_proj.bias"))
-    logits = torch.bmm(_layer_norm(x, P["ln_f.weight"], P.get("ln_f.bias")), P["wte.weight"].transpose(1, 2))
+    x = _layer_norm(x, P["ln_f.weight"], P.get("ln_f.bias"))
+    if targets is not None and not return_logits:  # output layer and loss on the target positions only
+        flat = targets.reshape(-1)
+        keep = (flat != IGNORE_INDEX).nonzero().squeeze(1)
+        kept = torch.bmm(x[:, keep], P["wte.weight"].transpose(1, 2))  # (S, n, V)
+        kept_loss = F.cross_entropy(kept.flatten(0, 1), flat[keep].repeat(S), reduction="none").view(S, -1)
+        return None, x.new_zeros(S, B * T).index_copy(1, keep, kept_loss).view(S, B, T)
+    logits = torch.bmm(x, P["wte.weight"].transpose(1, 2))
     logits = logits.view(S, B, T, -1)  # (S, B, T, V), lm_head tied to wte as in model.py
     if targets is None:
         return logits, None
@@ -280,9 +289,10 @@ def length_groups(batch: Batch, slot_cost: int = 256) -> list[torch.Tensor]:
     return [order[:cut].sort().values, order[cut:].sort().values]
 
 
-def stacked_forward(model: GPT, params: dict[str, torch.Tensor], batch: Batch):
-    """Logits (S, B, T-1, V) and per-token losses on the batch grid (S, B, T) of every run in `params`."""
-    logits, loss = grouped_forward(model.cfg, params, **batch.model_inputs())
+def stacked_forward(model: GPT, params: dict[str, torch.Tensor], batch: Batch, return_logits: bool = True):
+    """Logits (S, B, T-1, V) (None if not return_logits) and per-token losses on the batch grid (S, B, T) of every
+    run in `params`."""
+    logits, loss = grouped_forward(model.cfg, params, **batch.model_inputs(), return_logits=return_logits)
     return logits, F.pad(loss, (1, 0))
 
 
@@ -300,6 +310,16 @@ def length_bucket_labels(edges=LENGTH_BUCKETS) -> list[str]:
     return [f"{lo + 1}-{hi}" if hi < 10_000 else f">{lo}" for lo, hi in zip(edges[:-1], edges[1:])]
 
 
+def distinct_rows(batch: Batch) -> tuple[Batch, torch.Tensor]:
+    """The batch's distinct rows and, per row, the index of its distinct row: rows with the same tokens, positions,
+    segments and loss mask have the same losses, so evaluate `distinct` once and read `values[:, inverse]`."""
+    key = torch.cat([batch.tokens, batch.position, batch.segment_id, batch.loss_mask.long()], 1).long()
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    n = len(inverse)
+    first = torch.full((int(inverse.max()) + 1 if n else 0,), n).scatter_reduce(0, inverse, torch.arange(n), "amin")
+    return batch.select(first), inverse
+
+
 def heldout_metrics(model: GPT, params, batch: Batch, edges=LENGTH_BUCKETS) -> dict[tuple[str, str | None], torch.Tensor]:
     """Token-mean loss and next-token accuracy on a fixed batch, overall and per response-length bucket
     (the assistant turn's loss-token count). Each value is an (S,) tensor."""
@@ -307,15 +327,17 @@ def heldout_metrics(model: GPT, params, batch: Batch, edges=LENGTH_BUCKETS) -> d
     turn_len = torch.zeros_like(batch.turn_id)
     ids = batch.turn_id[mask]
     turn_len[mask] = torch.bincount(ids)[ids] if ids.numel() else ids
-    loss = torch.zeros((len(next(iter(params.values()))), *mask.shape))
+    distinct, inverse = distinct_rows(batch)  # repeated chats are evaluated once
+    loss = torch.zeros((len(next(iter(params.values()))), *distinct.loss_mask.shape))
     correct = torch.zeros(loss.shape, dtype=torch.bool)
     with torch.no_grad():
-        for rows in length_groups(batch):
-            part = _trim(batch.select(rows))
+        for rows in length_groups(distinct):
+            part = _trim(distinct.select(rows))
             logits, part_loss = stacked_forward(model, params, part)
             T = part.tokens.shape[1]
             loss[:, rows, :T] = part_loss
             correct[:, rows, 1:T] = logits.argmax(-1) == part.tokens[None, :, 1:]
+    loss, correct = loss[:, inverse], correct[:, inverse]
     out = {}
     groups = [("all", mask)] + [(label, mask & (turn_len > lo) & (turn_len <= hi))
                                 for label, lo, hi in zip(length_bucket_labels(edges), edges[:-1], edges[1:])]
@@ -349,14 +371,19 @@ def token_probability_metric(probes, token: int, name: str, turn: int = -1, layo
         batch = batch.select(last)
     pos = first_reply_position(batch, turn)
     batch = _trim(batch.select(torch.arange(len(pos))))
-    batch = Batch(**{k: v[:, : int(pos.max()) + 1] for k, v in vars(batch).items() if k != "layout"},
-                  layout=batch.layout)  # only the prompts are needed
+    width = int(pos.max()) + 1  # only the prompts are needed (causal: what follows them cannot matter)
+    column = torch.arange(width)[None]
+    batch = Batch(**{k: v[:, :width] for k, v in vars(batch).items() if k not in ("layout", "tokens", "loss_mask")},
+                  tokens=torch.where(column < pos[:, None], batch.tokens[:, :width], PAD),
+                  loss_mask=column == pos[:, None], layout=batch.layout)  # the mask marks the probed position
+    batch, inverse = distinct_rows(batch)  # a repeated prompt is evaluated once
+    pos = batch.loss_mask.int().argmax(1)
 
     def metric(model: GPT, params) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             logits, _ = stacked_forward(model, params, batch)  # (S, B, T-1, V): index t-1 predicts token t
-        probs = logits[:, torch.arange(len(pos)), pos - 1].softmax(-1)[..., token]  # (S, B)
-        return {name: probs.double().mean(1)}
+        probs = logits[:, torch.arange(len(pos)), pos - 1].softmax(-1)[..., token]  # (S, distinct prompts)
+        return {name: probs[:, inverse].double().mean(1)}
 
     return metric
 
@@ -430,7 +457,7 @@ def train(
             for rows in length_groups(batch.select(list(mb.rows))) if mb.rows else ():
                 rows = torch.tensor(mb.rows)[rows]  # short and long rows run separately: less padding
                 part = _trim(batch.select(rows))
-                _, losses = stacked_forward(model, params, part)  # (S, rows, T_part)
+                _, losses = stacked_forward(model, params, part, return_logits=False)  # (S, rows, T_part)
                 per_run = (weights[:, rows, : part.tokens.shape[1]] * losses).sum((1, 2))  # (S,)
                 per_run.sum().backward()  # runs are independent: d(sum)/d(params_s) = d(loss_s)/d(params_s)
                 objective += per_run.detach().double()

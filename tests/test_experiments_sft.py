@@ -28,6 +28,9 @@ def test_e1_short_run_seq_mean_learns_a_smaller_prior(tmp_path):
     p = first.table[first.table.metric == "p_long"].set_index("run").value
     assert p["seq-mean-token-mean (global)"] < 0.6 * p["token-mean (global)"]
     assert p["seq-mean-token-mean (global)"] < 0.6 * p["token-sum (global)"]
+    mass = first.table[first.table.metric == "branch_mass"].set_index("run").value
+    given = first.table[first.table.metric == "p_long_given_branch"].set_index("run").value
+    assert ((mass > 0) & (mass <= 1)).all() and (given >= p - 1e-9).all()
     assert list(first.table.columns[: len(COLUMNS)]) == COLUMNS
     assert first.verdict.passed.iloc[:-1].isna().all()  # fast mode: not judged
     assert first.verdict.what.str.contains("fast mode").iloc[:-1].all()

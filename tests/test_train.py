@@ -20,8 +20,11 @@ from lossreduce_demo.train import (
     Run,
     TrainConfig,
     TrainingData,
+    _init_params,
+    distinct_rows,
     final_metric,
     grouped_forward,
+    heldout_metrics,
     length_groups,
     relative_distance,
     token_probability_metric,
@@ -49,10 +52,13 @@ def test_grouped_forward_matches_gpt(layout):
     models = [GPT(SMALL) for _ in range(3)]
     params, _ = stack_module_state(models)
     logits, loss = grouped_forward(SMALL, params, **batch.model_inputs())
+    no_logits, loss_on_targets = grouped_forward(SMALL, params, **batch.model_inputs(), return_logits=False)
+    assert no_logits is None
     for i, m in enumerate(models):
         ref_logits, ref_loss = m(**batch.model_inputs())
         torch.testing.assert_close(logits[i], ref_logits, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(loss[i], ref_loss, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(loss_on_targets[i], ref_loss, rtol=1e-5, atol=1e-5)
 
 
 def test_history_has_documented_columns_and_metrics():
@@ -146,3 +152,24 @@ def test_packed_layout_trains_and_bad_input_raises():
         Run("token-mean", "sometimes")
     with pytest.raises(ValueError, match="dropout"):
         train(CHATS, ["token-mean"], config(model=dataclasses.replace(SMALL, dropout=0.1)))
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=12))
+def test_repeated_chats_are_evaluated_once_with_the_same_metrics(picks):
+    chats = [HELDOUT[i] for i in picks]
+    batch = make_layout(chats, "multiturn")
+    distinct, inverse = distinct_rows(batch)
+    assert len(distinct.tokens) == len(set(picks))
+    assert torch.equal(distinct.tokens[inverse], batch.tokens)
+    model, params = _init_params(config(), 2)
+    with torch.no_grad():
+        reference = token_losses(model, batch)  # a plain GPT on every row
+    got = heldout_metrics(model, params, batch)[("heldout_loss", None)]
+    expected = float(reference[batch.loss_mask].double().mean())
+    assert got.tolist() == pytest.approx([expected, expected], rel=1e-5)
+    probe = token_probability_metric(chats, ord("a"), "p_a")(model, params)["p_a"]
+    weights = torch.tensor([picks.count(i) for i in sorted(set(picks))], dtype=torch.float64)
+    per_chat = torch.stack([token_probability_metric([HELDOUT[i]], ord("a"), "p_a")(model, params)["p_a"]
+                            for i in sorted(set(picks))], 1)
+    assert probe.tolist() == pytest.approx((per_chat * weights).sum(1).div(len(picks)).tolist(), rel=1e-5)

@@ -34,6 +34,8 @@ from . import ExperimentResult, tidy
 L_SHORT = len(synth.BRANCH_SHORT) + 1  # 5 loss tokens (reply + <|eot|>)
 L_LONG = len(synth.BRANCH_LONG) + 1  # 60
 P_LONG_TOKEN = ord("L")
+P_SHORT_TOKEN = ord("S")
+E1_STEPS, E1_LR_DECAY = 600, 0.01  # E1 measures a converged optimum (see run_e1); fast mode: 12 steps, constant lr
 SPLITS = ((16, 1), (8, 2), (4, 4), (2, 8), (1, 16))  # (micro-batch size, grad accum) of E2
 
 
@@ -158,18 +160,31 @@ def e1_predictions(f: float, batch: int = 16) -> dict[str, float]:
 
 def run_e1(seeds: int = 3) -> ExperimentResult:
     """E1, learned length prior: P("L") at the branch under seq-mean, token-mean (global batch 16),
-    naive micro-batch-1 token-mean, and token-sum."""
+    naive micro-batch-1 token-mean, and token-sum.
+
+    Measured at convergence: with Adam the branch's P("L") keeps oscillating (about ±0.03, period ~30 steps, from
+    the batch-to-batch count of long replies) and at 200 steps is still ~5% under its optimum (P("L") + P("S") ≈
+    0.987); E1_STEPS steps with the lr decayed to 1% and the mean over the last quarter (150 steps, several
+    periods) land within a few % of the prediction. Also reported: P("L") + P("S") (`branch_mass`) and
+    P("L") / (P("L") + P("S")) (`p_long_given_branch`), descriptive; the verdict reads P("L") itself."""
     from ..plots.training import p_long_figure
 
     set_torch_threads()
-    started, rows, curves = time.time(), [], []
+    started, rows, curves, extra = time.time(), [], [], []
     for seed in range(seeds):
         train_set, probes, heldout = _branch_sets(seed)
         predictions = e1_predictions(long_fraction(train_set))  # stated before training
-        metric = token_probability_metric(probes, P_LONG_TOKEN, "p_long")
-        result = train(train_set, E1_RUNS, _config(seed), heldout=heldout, task_metrics=metric)
+        metrics = [token_probability_metric(probes, P_LONG_TOKEN, "p_long"),
+                   token_probability_metric(probes, P_SHORT_TOKEN, "p_short")]
+        cfg = _config(seed, steps=pick(E1_STEPS, 12), lr_decay=pick(E1_LR_DECAY, 1.0))
+        result = train(train_set, E1_RUNS, cfg, heldout=heldout, task_metrics=metrics)
         rows += _p_long_rows(result, "e1", seed, predictions)
         curves.append(_curves(result, "e1", seed))
+        p_long, p_short = final_metric(result.history, "p_long"), final_metric(result.history, "p_short")
+        for row in rows[-len(E1_RUNS):]:
+            run = row["run"]
+            extra += [row | dict(metric="branch_mass", value=float(p_long[run] + p_short[run]), predicted=1.0),
+                      row | dict(metric="p_long_given_branch", value=float(p_long[run] / (p_long[run] + p_short[run])))]
     frame = tidy(rows)
     verdict = []
     for run in E1_RUNS:
@@ -182,8 +197,8 @@ def run_e1(seeds: int = 3) -> ExperimentResult:
     for row in rows:
         row["passed"] = _judge(row["value"] <= 0.04 if row["predicted"] < 0.05 else row["value"] >= 0.14)
     verdict = _verdict(verdict)
-    return _finish("e1", rows, curves, verdict, p_long_figure(tidy(rows), "E1: learned P(long) at the branch"),
-                   started)
+    figure = p_long_figure(tidy(rows), "E1: learned P(long) at the branch")
+    return _finish("e1", rows + extra, curves, verdict, figure, started)
 
 
 # ------------------------------------------------------------------------------------------ E2
