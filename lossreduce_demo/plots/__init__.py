@@ -5,6 +5,8 @@ Submodules by topic (weights, training, rl, dp) re-export here, so notebooks use
 
 from __future__ import annotations
 
+import zlib
+
 import matplotlib.pyplot as plt
 
 # Okabe–Ito, colour-blind safe. One colour per scheme everywhere in the suite.
@@ -22,7 +24,12 @@ ROLE_COLORS = {"pad": "#DDDDDD", "bos": "#999999", "system": "#CC79A7", "user": 
 
 
 def scheme_color(name: str) -> str:
-    return SCHEME_COLORS.get(str(name).split(" ")[0], PALETTE[hash(name) % len(PALETTE)])
+    """The scheme's colour; a label that contains a scheme name ("A: turn-mean") gets that scheme's colour,
+    anything else a palette colour fixed by its text (stable across processes, unlike hash())."""
+    for scheme in sorted(SCHEME_COLORS, key=len, reverse=True):
+        if scheme in str(name):
+            return SCHEME_COLORS[scheme]
+    return PALETTE[zlib.crc32(str(name).encode()) % len(PALETTE)]
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 7.0, height: float = 3.6, **kw):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FuncFormatter
 
 from . import PALETTE, new_figure, scheme_color
 
@@ -20,7 +21,7 @@ METRIC_LABELS = {
 
 
 __all__ = ["training_curves", "bucket_curves", "p_long_figure", "e2_figure", "e4_figure", "e5_figure",
-           "gradient_share_figure"]
+           "gradient_share_figure", "loss_by_length_figure"]
 
 
 def _run_color(label: str, i: int) -> str:
@@ -161,4 +162,34 @@ def gradient_share_figure(buckets: pd.DataFrame, title: str = "Share of the grad
     ax.set_ylabel("share of the gradient step (projection)")
     ax.set_title(title)
     ax.legend(fontsize=8, frameon=False)
+    return fig
+
+
+def _one_two_five(value: float, _pos=None) -> str:
+    """Log-axis tick label only at 1, 2 and 5 × a power of ten."""
+    mantissa = value / 10 ** np.floor(np.log10(value)) if value > 0 else 0
+    return f"{value:g}" if any(abs(mantissa - m) < 1e-6 for m in (1, 2, 5)) else ""
+
+
+def loss_by_length_figure(history: pd.DataFrame, title: str = "Held-out loss by reply length"):
+    """Held-out loss against the step, one colour per run, solid = short replies, dashed = long ones."""
+    rows = history[(history.metric == "heldout_loss") & history.bucket.notna()]
+    fig, ax = new_figure(height=4.6)
+    buckets = sorted(rows.bucket.unique(), key=lambda b: int(str(b).split("-")[0].lstrip(">")))
+    used: list[str] = []
+    for run, sel in rows.groupby("run", sort=False):
+        color = scheme_color(run)  # the scheme's colour, or a free one for a second run of that scheme
+        color = color if color not in used else next((c for c in PALETTE if c not in used), color)
+        used.append(color)
+        for i, bucket in enumerate(buckets):
+            curve = sel[sel.bucket == bucket].groupby("step").value.mean()
+            ax.plot(curve.index, curve.to_numpy(), color=color, linestyle=("-", "--", ":")[i % 3],
+                    label=f"{run}, {bucket}-token replies")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(_one_two_five))
+    ax.yaxis.set_minor_formatter(FuncFormatter(_one_two_five))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("held-out loss (nats/token)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, frameon=False, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     return fig
