@@ -11,8 +11,6 @@ from pathlib import Path
 
 from .chats import ChatFormatError
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-
 
 def _positive_int(text: str) -> int:
     try:
@@ -67,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", default=None, help="write one row per token to this CSV")
 
     d = sub.add_parser("make-data", help="regenerate the shipped datasets in data/ (byte-identical)")
-    d.add_argument("--out-dir", default=str(DATA_DIR))
+    d.add_argument("--out-dir", default=None, help="default: the data/ folder beside the package")
 
     e = sub.add_parser("experiment", help="run a SCIENCE.md experiment, write NAME.csv and NAME.png")
     e.add_argument("name", help="e1, e2, ... (see README)")
@@ -108,9 +106,10 @@ def cmd_weights(args) -> int:
 
 
 def cmd_make_data(args) -> int:
+    from .report import data_path
     from .synth import write_shipped
 
-    for path in write_shipped(args.out_dir):
+    for path in write_shipped(args.out_dir or data_path()):
         print(f"wrote {path}")
     return 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -66,8 +68,6 @@ LENGTH_BUCKETS = (0, 8, 16, 32, 64, float("inf"))  # loss tokens per sample (or 
 def length_profile(batch: Batch, weights, by: str = "sample") -> pd.DataFrame:
     """One row per sample (or assistant turn, by="turn") with loss tokens: its length, total weight, weight per
     token, share of the step, and `relative` = weight per token ÷ token-mean's (1 everywhere under token-mean)."""
-    import numpy as np
-
     if by not in ("sample", "turn"):
         raise ValueError(f"by={by!r}: choose 'sample' or 'turn'")
     mask = batch.loss_mask.numpy()
@@ -107,10 +107,8 @@ def bucket_shares(profile: pd.DataFrame, edges=LENGTH_BUCKETS) -> pd.DataFrame:
 # ---------------------------------------------------------------- notebook helpers
 
 
-def data_path(name: str = "") -> Path:  # noqa: F821 - Path is imported below (annotations are strings)
+def data_path(name: str = "") -> Path:
     """Path of a shipped data file (data/NAME next to the package); data_path() is the folder itself."""
-    from pathlib import Path
-
     folder = Path(__file__).resolve().parent.parent / "data"
     path = folder / name
     if name and not path.exists():
@@ -125,7 +123,6 @@ def setup_notebook(seed: int = 0, verbose: bool = True) -> dict:
     import platform
     import random
 
-    import numpy as np
     import torch
 
     from . import __version__
