@@ -15,6 +15,7 @@ update.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 from functools import lru_cache
@@ -85,7 +86,7 @@ def _length_controls(app, *, family="bimodal", short_mean=4, long_mean=30, long_
     return [app.family, app.short_mean, app.long_mean, app.long_fraction, app.turns]
 
 
-class _App:
+class _App(abc.ABC):
     """Controls → update() → state, message and figures drawn into an Output."""
 
     controls: list
@@ -123,9 +124,9 @@ class _App:
                 getattr(self, name).value = value
         return self.state
 
+    @abc.abstractmethod
     def _compute(self, notes: list[str]) -> tuple[dict, object]:
         """(state, make_figures): the numbers, and a function drawing them into {name: Figure}."""
-        raise NotImplementedError
 
     def update(self) -> dict:
         notes: list[str] = []

@@ -156,26 +156,24 @@ def e7_checks(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     return pd.DataFrame(rows), checks
 
 
-def run_e6(seeds: int = 3, progress: bool = True) -> ExperimentResult:
+def _run(name: str, task, algorithms, prediction: str, checks, seeds: int, progress: bool) -> ExperimentResult:
     from ..plots import rl as rl_plots
 
-    print(E6_PREDICTION)
-    runs = run_task(rl.E6_TASK, E6_ALGORITHMS, seeds, progress)
-    verdict, checks = e6_checks(runs)
-    print(f"E6 verdict: {int(verdict['passed'].sum())}/{len(verdict)} checks passed (each in >= 2 of 3 seeds)")
-    figure = rl_plots.experiment_figure(rl.wide_metrics(runs), rl.E6_TASK)
-    return ExperimentResult("e6", _table("e6", runs, checks), verdict, figure)
+    print(prediction)
+    runs = run_task(task, algorithms, seeds, progress)
+    verdict, check_rows = checks(runs)
+    print(f"{name.upper()} verdict: {int(verdict['passed'].sum())}/{len(verdict)} checks passed "
+          "(each in >= 2 of 3 seeds)")
+    figure = rl_plots.experiment_figure(rl.wide_metrics(runs), task)
+    return ExperimentResult(name, _table(name, runs, check_rows), verdict, figure)
+
+
+def run_e6(seeds: int = 3, progress: bool = True) -> ExperimentResult:
+    return _run("e6", rl.E6_TASK, E6_ALGORITHMS, E6_PREDICTION, e6_checks, seeds, progress)
 
 
 def run_e7(seeds: int = 3, progress: bool = True) -> ExperimentResult:
-    from ..plots import rl as rl_plots
-
-    print(E7_PREDICTION)
-    runs = run_task(rl.E7_TASK, E7_ALGORITHMS, seeds, progress)
-    verdict, checks = e7_checks(runs)
-    print(f"E7 verdict: {int(verdict['passed'].sum())}/{len(verdict)} checks passed (each in >= 2 of 3 seeds)")
-    figure = rl_plots.experiment_figure(rl.wide_metrics(runs), rl.E7_TASK)
-    return ExperimentResult("e7", _table("e7", runs, checks), verdict, figure)
+    return _run("e7", rl.E7_TASK, E7_ALGORITHMS, E7_PREDICTION, e7_checks, seeds, progress)
 
 
 def per_step(table: pd.DataFrame) -> pd.DataFrame:
