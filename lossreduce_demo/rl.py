@@ -186,6 +186,8 @@ def group_advantages(rewards: torch.Tensor, kind: str = "grpo", eps: float = 1e-
     if rewards.dim() != 2 or rewards.shape[1] < 2:
         raise ValueError(f"rewards must be (groups, G) with G >= 2, got shape {tuple(rewards.shape)}")
     centred = rewards - rewards.mean(dim=1, keepdim=True)
+    tied = (rewards == rewards[:, :1]).all(dim=1, keepdim=True)  # the mean's rounding must not become signal
+    centred = centred.masked_fill(tied, 0.0)
     if kind == "dr_grpo":
         return centred
     if kind == "grpo":
