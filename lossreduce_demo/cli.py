@@ -6,40 +6,31 @@ User errors (bad files, bad options) print one line `error: ...` and exit with s
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from .chats import ChatFormatError
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _option(parse, kind: str, ok, requirement: str):
+    """An argparse type: parse with `parse`, then require `ok(value)`; errors say what was expected."""
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+
+    return convert
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def _finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
-    return value
+_positive_int = _option(int, "a whole number", lambda v: v >= 1, ">= 1")
+_positive_float = _option(float, "a number", lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+_finite_float = _option(float, "a number", math.isfinite, "finite")
 
 
 def build_parser() -> argparse.ArgumentParser:
