@@ -26,9 +26,10 @@ test: $(VENV)/.installed-dev  ## set up and run every test (notebooks included, 
 test-browser: $(VENV)/.installed-dev  ## widgets in JupyterLab and Voila, driven in headless Chromium
 	LOSSREDUCE_FAST=1 LOSSREDUCE_THREADS=1 $(PY) -m pytest -m browser
 
-demo: $(VENV)/.installed  ## the headless default job
-	$(PY) -m lossreduce_demo weights data/default_chats.jsonl --scheme seq-mean-token-mean --micro-batches 4 \
-		--normalization local --out build/weights.csv
+demo: $(VENV)/.installed  ## the headless default job: a weights report on the shipped data, then E1 (~1-2 min)
+	$(PY) -m lossreduce_demo weights data/default_chats.jsonl --scheme token-mean --micro-batches 4 \
+		--normalization local --out build/demo/weights.csv
+	LOSSREDUCE_THREADS=$${LOSSREDUCE_THREADS:-1} $(PY) -m lossreduce_demo experiment e1 --seeds 3 --out build/demo
 
 figures: $(VENV)/.installed  ## regenerate the README's figures in docs/figures
 	$(PY) -m lossreduce_demo.figures docs/figures
