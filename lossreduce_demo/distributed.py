@@ -361,8 +361,11 @@ def run_rank(task: DPTask) -> dict:
     try:
         rank = dist.get_rank()
         line = f"rank {rank}: world_size={dist.get_world_size()} backend={dist.get_backend()}"
-        if task.verbose:
-            print(line, flush=True)
+        if task.verbose:  # one rank at a time, in rank order: lines from several processes must not interleave
+            for turn in range(dist.get_world_size()):
+                if turn == rank:
+                    print(line, flush=True)
+                dist.barrier()
         rows = (_gradient_rows if task.mode == "gradients" else _training_rows)(task, device)
         gathered = [None] * dist.get_world_size() if rank == 0 else None
         dist.gather_object(rows, gathered, dst=0)
