@@ -23,7 +23,7 @@ from torch.func import functional_call, grad, vmap
 
 from .layouts import Batch
 from .reductions import as_scheme, effective_weights
-from .train import LENGTH_BUCKETS, length_bucket_labels
+from .report import LENGTH_BUCKETS, length_bucket_labels
 
 REFERENCE = "token-mean"  # the global token-mean gradient every scheme is compared with
 

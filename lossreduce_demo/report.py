@@ -65,6 +65,11 @@ def weights_summary(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 LENGTH_BUCKETS = (0, 8, 16, 32, 64, float("inf"))  # loss tokens per sample (or turn); bucket i is (e_i, e_i+1]
 
 
+def length_bucket_labels(edges=LENGTH_BUCKETS) -> list[str]:
+    """Labels 1-8, 9-16, ..., >64: the names of the suite's response-length buckets (plots, training, gradients)."""
+    return [f"{int(lo) + 1}-{int(hi)}" if hi != float("inf") else f">{int(lo)}" for lo, hi in zip(edges[:-1], edges[1:])]
+
+
 def length_profile(batch: Batch, weights, by: str = "sample") -> pd.DataFrame:
     """One row per sample (or assistant turn, by="turn") with loss tokens: its length, total weight, weight per
     token, share of the step, and `relative` = weight per token ÷ token-mean's (1 everywhere under token-mean)."""
@@ -91,9 +96,7 @@ def length_profile(batch: Batch, weights, by: str = "sample") -> pd.DataFrame:
 def bucket_shares(profile: pd.DataFrame, edges=LENGTH_BUCKETS) -> pd.DataFrame:
     """Share of the step's weight per length bucket, next to its share of loss tokens (= token-mean's share).
     Every bucket appears (zeros where empty), so bars line up across schemes."""
-    labels = [f"{int(lo) + 1}–{int(hi)}" if hi != float("inf") else f"{int(lo) + 1}+" for lo, hi in
-              zip(edges[:-1], edges[1:])]
-    bucket = pd.cut(profile.length, list(edges), labels=labels)
+    bucket = pd.cut(profile.length, list(edges), labels=length_bucket_labels(edges))
     grouped = profile.groupby(bucket, observed=False)
     out = pd.DataFrame({"units": grouped.size(), "tokens": grouped.length.sum(), "weight": grouped.weight.sum()})
     out.index.name = "bucket"

@@ -34,10 +34,10 @@ from tqdm.auto import tqdm
 from .layouts import LAYOUTS, Batch, make_layout, packed_layout
 from .model import GPT, IGNORE_INDEX, TINY, GPTConfig
 from .reductions import NORMALIZATIONS, Scheme, as_scheme, effective_weights, micro_batch_plan
+from .report import LENGTH_BUCKETS, length_bucket_labels
 from .tokenizer import PAD, render
 
 OPTIMIZERS = ("adamw", "sgd")
-LENGTH_BUCKETS = (0, 8, 16, 32, 64, 10_000)  # edges (lo, hi] of response length in loss tokens
 HISTORY_COLUMNS = ["seed", "run", "scheme", "normalization", "layout", "micro_batch_size", "grad_accum", "ranks",
                    "optimizer", "lr", "step", "metric", "bucket", "value"]
 
@@ -304,10 +304,6 @@ def _init_params(cfg: TrainConfig, n_runs: int) -> tuple[GPT, dict[str, torch.Te
 
 
 # ------------------------------------------------------------------------------------------------ metrics
-
-
-def length_bucket_labels(edges=LENGTH_BUCKETS) -> list[str]:
-    return [f"{lo + 1}-{hi}" if hi < 10_000 else f">{lo}" for lo, hi in zip(edges[:-1], edges[1:])]
 
 
 def distinct_rows(batch: Batch) -> tuple[Batch, torch.Tensor]:
