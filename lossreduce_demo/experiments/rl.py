@@ -43,6 +43,18 @@ def _first_step(wide: pd.DataFrame, column: str, level: float) -> int | None:
     return int(hit.iloc[0]) if len(hit) else None
 
 
+def _until(w: pd.DataFrame, share: str, level: float) -> tuple[int | None, pd.DataFrame]:
+    """The first step where `share` reaches `level` (None if never), and the steps up to it (all if never)."""
+    k = _first_step(w, share, level)
+    return k, w[w["step"] <= (k if k is not None else w["step"].max())]
+
+
+def _band_check(ratio: pd.Series, band: tuple[float, float]) -> tuple[float, bool]:
+    """The ratio furthest from 1 (in log terms) over a window, and whether the whole window stays in `band`."""
+    lo, hi = ratio.min(), ratio.max()
+    return (lo if abs(math.log(lo)) > abs(math.log(hi)) else hi), bool(band[0] <= lo and hi <= band[1])
+
+
 def _around(wide: pd.DataFrame, step: int, column: str, half: int = 2) -> float:
     """Mean of a sampled metric over steps step-half .. step+half (sampled metrics are noisy)."""
     values = wide.loc[wide["step"].between(step - half, step + half), column].dropna()
@@ -86,18 +98,15 @@ def e6_checks(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     checks = []
     for (algorithm, seed), w in wide.groupby(["algorithm", "seed"]):
         w = w.sort_values("step")
-        k = _first_step(w, "share_REASON", REASON_LEVEL)
-        upto = w[w["step"] <= (k if k is not None else w["step"].max())]
+        k, upto = _until(w, "share_REASON", REASON_LEVEL)
         at = float(w.loc[w["step"] == k, "long_short_wrong_ratio"].iloc[0]) if k is not None else math.nan
         if algorithm == "GRPO":
             checks.append(dict(seed=seed, algorithm=algorithm, metric="ratio_at_reason80", value=at,
                                predicted=">= 1.5", passed=k is not None and at >= 1.5))
         else:
-            lo, hi = upto["long_short_wrong_ratio"].min(), upto["long_short_wrong_ratio"].max()
-            worst = lo if abs(math.log(lo)) > abs(math.log(hi)) else hi
+            worst, inside = _band_check(upto["long_short_wrong_ratio"], BAND_E6)
             checks.append(dict(seed=seed, algorithm=algorithm, metric="ratio_worst_until_reason80", value=worst,
-                               predicted=f"in {list(BAND_E6)}",
-                               passed=k is not None and BAND_E6[0] <= lo and hi <= BAND_E6[1]))
+                               predicted=f"in {list(BAND_E6)}", passed=k is not None and inside))
         for metric in ("mean_length_wrong", "entropy_wrong"):
             checks.append(dict(seed=seed, algorithm=algorithm, metric=f"{metric}_at_reason80",
                                value=_around(w, k, metric) if k is not None else math.nan, predicted="",
@@ -130,8 +139,7 @@ def e7_checks(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     checks = []
     for (algorithm, seed), w in wide.groupby(["algorithm", "seed"]):
         w = w.sort_values("step")
-        k = _first_step(w, "share_right", RIGHT_LEVEL)
-        upto = w[w["step"] <= (k if k is not None else w["step"].max())]
+        _, upto = _until(w, "share_right", RIGHT_LEVEL)
         wrong, right = upto["long_short_wrong_ratio"], upto["long_short_right_ratio"]
         if algorithm == "GRPO":
             checks.append(dict(seed=seed, algorithm=algorithm, metric="wrong_ratio_peak", value=wrong.max(),
@@ -140,11 +148,9 @@ def e7_checks(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
                                predicted="< 0.9", passed=bool(right.min() < 0.9)))
         else:
             for metric, ratio in (("wrong_ratio", wrong), ("right_ratio", right)):
-                lo, hi = ratio.min(), ratio.max()
-                worst = lo if abs(math.log(lo)) > abs(math.log(hi)) else hi
+                worst, inside = _band_check(ratio, BAND_E7)
                 checks.append(dict(seed=seed, algorithm=algorithm, metric=f"{metric}_worst", value=worst,
-                                   predicted=f"in {list(BAND_E7)}",
-                                   passed=bool(BAND_E7[0] <= lo and hi <= BAND_E7[1])))
+                                   predicted=f"in {list(BAND_E7)}", passed=inside))
     seeds = wide["seed"].nunique()
     labels = {"wrong_ratio_peak": "long-wrong/short-wrong peak", "right_ratio_min": "long-right/short-right min",
               "wrong_ratio_worst": "long-wrong/short-wrong (furthest from 1)",
