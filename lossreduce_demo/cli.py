@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("make-data", help="regenerate the shipped datasets in data/ (byte-identical)")
     d.add_argument("--out-dir", default=None, help="default: the data/ folder beside the package")
 
-    e = sub.add_parser("experiment", help="run a SCIENCE.md experiment, write NAME.csv and NAME.png")
+    e = sub.add_parser("experiment", help="run an experiment of docs/science.md (E1–E7), write NAME.csv and NAME.png")
     e.add_argument("name", help="e1, e2, ... (see README)")
     e.add_argument("--seeds", type=_positive_int, default=3)
     e.add_argument("--out", default="results")

@@ -1,6 +1,6 @@
 """Who moves the weights: per-sample gradients under every reduction scheme (torch.func).
 
-Every scheme's weight is constant within an assistant turn (SCIENCE.md §2), so one vmap over `grad` gives the
+Every scheme's weight is constant within an assistant turn (docs/science.md §2), so one vmap over `grad` gives the
 gradient G_u of each turn's own token-loss sum, u = (row, turn), and then any scheme's gradient is a weighted sum
     g_scheme = Σ_u w_u G_u,   sample i's part  g_i = Σ_{u in i} w_u G_u,
 with w_u read from `reductions.effective_weights` (GA / DP / local normalization included). One backward per turn

@@ -1,4 +1,4 @@
-"""Layouts: how conversations become training rows (the seed's diagrams).
+"""Layouts: how conversations become training rows (docs/science.md §4).
 
 - `split` (format A): one sample per assistant turn, with its whole prefix; loss on that turn only.
 - `multiturn` (format B): one sample per conversation, loss on every assistant turn.

@@ -1,4 +1,4 @@
-"""Reduction schemes as per-token weight maps (SCIENCE.md §2–3).
+"""Reduction schemes as per-token weight maps (docs/science.md §2–3).
 
 Every scheme gives token t of sample i the weight  w = numerator(i, t) / denominator(batch):
 

@@ -7,7 +7,7 @@ response-length bucket can be measured:
     user: "rev qhxk"   -> assistant: "kxhq"
     user: "next qhxk"  -> assistant: "riyl"   (each letter shifted by one)
 
-The branch task of SCIENCE.md E1/E4: user "pick" -> "S" + 3 letters (5 loss tokens with <|eot|>) or
+The branch task of docs/science.md E1/E4: user "pick" -> "S" + 3 letters (5 loss tokens with <|eot|>) or
 "L" + 58 letters (60 loss tokens); only the first reply token is random, the rest is fixed.
 Everything is drawn from `random.Random(seed)`, so a seed gives byte-identical data on every platform.
 """
@@ -160,7 +160,7 @@ def make_branch_chats(
     context_len: int = 4,
     seed: int = 0,
 ) -> list[Conversation]:
-    """The branch task (SCIENCE.md E1, E4): after `context_turns` copy sessions of `context_len` letters,
+    """The branch task (docs/science.md E1, E4): after `context_turns` copy sessions of `context_len` letters,
     the user says "pick" and the reply is long with probability `long_fraction`."""
     if not 0.0 <= long_fraction <= 1.0:
         raise ValueError(f"long_fraction={long_fraction!r}: must be in [0, 1]")

@@ -79,7 +79,7 @@ class TrainConfig:
     lr: float = 3e-3
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = 1e-8
-    weight_decay: float = 0.0  # 0 keeps the closed-form optima of SCIENCE.md exact
+    weight_decay: float = 0.0  # 0 keeps the closed-form optima of docs/science.md exact
     lr_decay: float = 1.0  # final lr as a fraction of lr, linear decay over the steps (1 = constant)
     seed: int = 0  # model init and data order
     eval_every: int = 10  # held-out metrics every this many steps (and at the last step)

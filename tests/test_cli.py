@@ -37,7 +37,7 @@ def run_main(argv, capsys):
 
 
 def expected_total(table: pd.DataFrame, scheme: str, l_max: float | None = None) -> float:
-    """What global weights must add up to, from the CSV's own labels (SCIENCE.md §2)."""
+    """What global weights must add up to, from the CSV's own labels (docs/science.md §2)."""
     loss = table[table.loss_mask == 1]
     per_sample = loss.groupby("sample").size()
     N, B_g = len(loss), len(per_sample)

@@ -1,4 +1,4 @@
-"""Real data parallel (torch.distributed, gloo, DDP) against one process: SCIENCE.md §3 and E3.
+"""Real data parallel (torch.distributed, gloo, DDP) against one process: docs/science.md §3 and E3.
 
 Process start-up (torch + DDP's first import) costs seconds, so everything that can share one spawn of the two
 ranks does: the `errors` fixture covers every scheme x both normalizations x skewed/equal data, with K = 2

@@ -1,6 +1,6 @@
 """Gradients of a real (tiny) GPT: global normalisation reproduces the full-batch gradient for every scheme,
 any R and K; naive per-micro-batch normalisation does not (except in the equal-length negative control);
-and the format equalities of SCIENCE.md §4 hold.
+and the format equalities of docs/science.md §4 hold.
 
 Gradient accumulation and data parallel are simulated exactly as a framework runs them: per micro-batch,
 backward on sum(micro_batch_weights * token_losses); gradients add over K steps on a rank, DDP averages them
@@ -142,7 +142,7 @@ def test_local_normalization_is_exact_with_equal_lengths_and_even_micro_batches(
         assert relative_error(local, full) <= 1e-12, scheme.label
 
 
-# ------------------------------------------------------------------ SCIENCE.md §4 format equalities
+# ------------------------------------------------------------------ docs/science.md §4 format equalities
 
 FORMATS = make_chats(8, lengths=LengthSpec("uniform", low=1, high=16), turns=(2, 3), system_prompt_prob=0.0,
                      seed=5)  # short enough that rows of 128 pack 2 conversations

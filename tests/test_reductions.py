@@ -1,4 +1,4 @@
-"""Reduction schemes as per-token weights (SCIENCE.md §2–4), checked against an independent oracle.
+"""Reduction schemes as per-token weights (docs/science.md §2–4), checked against an independent oracle.
 
 Batches are built directly from per-sample lists of assistant-turn lengths (loss tokens per turn), so samples
 and turns with no loss token at all are easy to make.
@@ -61,7 +61,7 @@ def make_batch(samples: list[list[int]], header: int = 1) -> Batch:
 
 
 def oracle_weights(samples: list[list[int]], scheme: Scheme, header: int = 1) -> np.ndarray:
-    """The weights of SCIENCE.md §2 computed from the turn lengths alone (no torch, no shared code)."""
+    """The weights of docs/science.md §2 computed from the turn lengths alone (no torch, no shared code)."""
     n_i = [sum(s) for s in samples]
     N = sum(n_i)
     B_g = sum(n > 0 for n in n_i)
@@ -257,7 +257,7 @@ def test_batch_stats_are_additive_over_micro_batches(samples, scheme, R, K):
                              ("seq-mean-token-sum", "samples"), ("seq-mean-token-sum-norm", "samples"),
                              ("turn-mean", "turns")]))
 def test_local_normalization_is_right_exactly_when_every_micro_batch_has_the_same_denominator(samples, R, K, case):
-    """SCIENCE.md §3's rule: naive per-micro-batch normalisation survives iff its denominator (a token, sample
+    """docs/science.md §3's rule: naive per-micro-batch normalisation survives iff its denominator (a token, sample
     or turn count) is the same in every micro-batch; otherwise some tokens get the wrong weight."""
     name, counted = case
     batch = make_batch(samples)
@@ -331,7 +331,7 @@ def turn_table(scheme, layout):
 
 
 def test_science_5_5_41_example():
-    """SCIENCE.md §4: assistant turns of 5, 5 and 41 loss tokens."""
+    """docs/science.md §4: assistant turns of 5, 5 and 41 loss tokens."""
     a_mean = turn_table("seq-mean-token-mean", "split")
     assert a_mean.loss_tokens.tolist() == [5, 5, 41]
     assert a_mean.weight_per_token[0] / a_mean.weight_per_token[2] == pytest.approx(8.2, rel=1e-12)

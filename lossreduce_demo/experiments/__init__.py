@@ -1,4 +1,4 @@
-"""SCIENCE.md experiments behind one interface: `run_experiment(name, seeds, out_dir)`.
+"""The experiments of docs/science.md behind one interface: `run_experiment(name, seeds, out_dir)`.
 
 Each experiment module exposes `run(seeds: int) -> ExperimentResult`; the registry below maps names to them,
 imported lazily so the CLI starts fast.

@@ -1,4 +1,4 @@
-"""E3 of SCIENCE.md: data parallel in real processes (torch.distributed, gloo, DistributedDataParallel).
+"""E3 of docs/science.md: data parallel in real processes (torch.distributed, gloo, DistributedDataParallel).
 
 Two ranks, rank 0 mostly short replies, rank 1 mostly long. For every scheme, `global` (all-reduce the counts
 before backward) and `local` (each rank's own mean) train a few AdamW steps next to single-process training on

@@ -1,4 +1,4 @@
-"""SCIENCE.md E1, E2, E4, E5: the tiny GPT trained under different reductions (supervised fine-tuning).
+"""docs/science.md E1, E2, E4, E5: the tiny GPT trained under different reductions (supervised fine-tuning).
 
 Each `run_eN(seeds)` states its prediction before training (closed form, or an exact sum over the binomial
 composition of a batch), trains, and returns an ExperimentResult: a tidy table (experiments.COLUMNS), a verdict

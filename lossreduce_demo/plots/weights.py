@@ -83,7 +83,7 @@ def token_strip(conv, *, per_line: int = 48, title: str | None = None):
 
 def layout_diagram(batch: Batch, *, ax=None, title: str | None = None, max_rows: int | None = None, legend=True):
     """Rows of a laid-out batch as bars of tokens coloured by role (padding grey), loss tokens underlined in
-    black, white lines between packed conversations: the seed's format diagrams drawn from real tokens."""
+    black, white lines between packed conversations: the format diagrams of docs/science.md §4 drawn from real tokens."""
     rows = batch.shape[0] if max_rows is None else min(max_rows, batch.shape[0])
     role = batch.role[:rows].numpy()
     T = role.shape[1]
