@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(PY) -m pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PY) -m pip install -q -e ".[dev,frameworks]" 2>&1 | grep -v "is ignored: it is neither" || true
 	$(PY) -c "import pytest, hypothesis, nbclient"
 	touch $@
 

@@ -44,9 +44,10 @@ def normalized(spec: str) -> str:
     return str(Requirement(spec))
 
 
-def test_environment_yml_pip_list_equals_pyproject_dependencies_and_dev_extras():
+def test_environment_yml_pip_list_equals_pyproject_dependencies_and_extras():
     project = pyproject()["project"]
-    wanted = project["dependencies"] + project["optional-dependencies"]["dev"]
+    extras = project["optional-dependencies"]
+    wanted = project["dependencies"] + extras["dev"] + extras["frameworks"]
     _, pip = environment_yml()
     packages = [p for p in pip if not p.startswith("-e")]
     assert sorted(map(normalized, packages)) == sorted(map(normalized, wanted))
@@ -70,7 +71,7 @@ def test_torch_range_takes_2_13_and_not_2_14():
 
 def test_every_dependency_is_a_range_not_a_pin():
     project = pyproject()["project"]
-    for dep in project["dependencies"] + project["optional-dependencies"]["dev"]:
+    for dep in project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]:
         assert not any(s.operator in ("==", "===") for s in Requirement(dep).specifier), dep
 
 
