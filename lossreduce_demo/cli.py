@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="constant L_max of seq-mean-token-sum-norm (default: the longest sample's loss tokens)")
     w.add_argument("--row-len", type=_positive_int, default=None,
                    help="packed row length (default: the longest conversation)")
+    w.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="a local Hugging Face tokenizer directory with a chat template (default: the byte template)")
     w.add_argument("--skip-no-assistant", action="store_true", help="skip conversations without an assistant turn")
     w.add_argument("--out", default=None, help="write one row per token to this CSV")
 
@@ -75,15 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_weights(args) -> int:
     from .chats import load_chats
+    from .hf_tokenizer import load_tokenizer
     from .reductions import Scheme
     from .report import weights_summary, weights_table
 
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     chats = load_chats(args.file, on_no_assistant="skip" if args.skip_no_assistant else "error")
     scheme = Scheme(args.scheme, alpha=args.alpha, l_max=args.l_max)
     table = weights_table(chats, scheme, layout=args.layout, ranks=args.ranks, micro_batches=args.micro_batches,
-                          normalization=args.normalization, row_len=args.row_len)
+                          normalization=args.normalization, row_len=args.row_len, tokenizer=tokenizer)
     per_sample, per_turn = weights_summary(table)
-    print(f"{args.file}: {len(chats)} conversations, {int(table.loss_mask.sum())} loss tokens, "
+    print(f"{args.file}: {len(chats)} conversations, {int(table.loss_mask.sum())} loss tokens "
+          f"({args.tokenizer or 'byte template'}), "
           f"scheme={scheme.label}, format={args.layout}, R={args.ranks}, K={args.micro_batches}, "
           f"normalization={args.normalization}, total weight={table.weight.sum():.6g}")
     for title, frame in (("per sample", per_sample), ("per assistant turn", per_turn)):

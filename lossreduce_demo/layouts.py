@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from .chats import ChatFormatError
-from .tokenizer import PAD, ROLE_CODES, RenderedChat, render
+from .hf_tokenizer import as_tokenizer
+from .tokenizer import ROLE_CODES, RenderedChat, render
 
 LAYOUTS = ("split", "multiturn", "packed")
 IGNORE_INDEX = -100
@@ -28,7 +29,7 @@ IGNORE_INDEX = -100
 class Batch:
     """A padded batch of rows; every field is (rows, row_len). Ids are global within the batch, -1 on padding."""
 
-    tokens: torch.Tensor  # token ids, PAD where empty
+    tokens: torch.Tensor  # token ids, the tokenizer's pad id where empty
     loss_mask: torch.Tensor  # bool, True where the token is a training target
     sample_id: torch.Tensor  # training sample the token belongs to
     conversation_id: torch.Tensor  # conversation the token comes from
@@ -77,8 +78,15 @@ def token_losses(model, batch: Batch) -> torch.Tensor:
     return F.pad(loss, (1, 0))
 
 
-def _rendered(conversations) -> list[RenderedChat]:
-    return [c if isinstance(c, RenderedChat) else render(c) for c in conversations]
+def _rendered(conversations, tokenizer=None) -> list[RenderedChat]:
+    """Conversations through the chat template: the byte template, or `tokenizer` (a ChatTokenizer or a
+    tokenizer directory, see hf_tokenizer); already rendered chats pass through."""
+    tokenizer = as_tokenizer(tokenizer)
+    chats = [c if isinstance(c, RenderedChat) else tokenizer.render(c) if tokenizer else render(c)
+             for c in conversations]
+    if len({c.pad_token for c in chats}) > 1:
+        raise ValueError("the conversations were rendered by different tokenizers (their pad ids differ)")
+    return chats
 
 
 def _where(chat: RenderedChat, index: int) -> str:
@@ -95,8 +103,9 @@ def _check_length(chat: RenderedChat, index: int, n_tokens: int, limit: int | No
 class _RowBuilder:
     """Collects labelled rows, then pads them into a Batch."""
 
-    def __init__(self):
+    def __init__(self, pad_token: int):
         self.rows: list[dict[str, list[int]]] = []
+        self.pad_token = pad_token
 
     def new_row(self) -> None:
         self.rows.append({k: [] for k in ("tokens", "loss_mask", "sample_id", "conversation_id", "turn_id",
@@ -120,7 +129,7 @@ class _RowBuilder:
 
     def build(self, layout: str, row_len: int | None = None) -> Batch:
         T = row_len or max((len(r["tokens"]) for r in self.rows), default=1)
-        pad_value = {"tokens": PAD, "loss_mask": 0, "role": ROLE_CODES["pad"], "position": 0}
+        pad_value = {"tokens": self.pad_token, "loss_mask": 0, "role": ROLE_CODES["pad"], "position": 0}
         arrays = {}
         for key in self.rows[0] if self.rows else ():
             arr = np.full((len(self.rows), T), pad_value.get(key, -1), dtype=np.int64)
@@ -133,24 +142,31 @@ class _RowBuilder:
         return Batch(**arrays, layout=layout)
 
 
-def split_layout(conversations, max_len: int | None = None) -> Batch:
-    """Format A: one row per assistant turn, holding the whole prefix; loss on that turn only."""
-    chats, rows = _rendered(conversations), _RowBuilder()
+def split_layout(conversations, max_len: int | None = None, tokenizer=None) -> Batch:
+    """Format A: one row per assistant turn, holding the whole prefix; loss on that turn only.
+
+    With a `tokenizer`, each turn's row is its prefix rendered on its own (what inference sees), which differs from
+    a slice of the whole rendering where the template rewrites earlier turns."""
+    conversations, tokenizer = list(conversations), as_tokenizer(tokenizer)
+    chats = _rendered(conversations, tokenizer)
+    rows = _RowBuilder(chats[0].pad_token if chats else 0)
     sample, turn_offset = 0, 0
-    for c, chat in enumerate(chats):
+    for c, (conv, chat) in enumerate(zip(conversations, chats)):
         for j in range(chat.n_turns):
-            end = chat.turn_end(j)
-            _check_length(chat, c, end, max_len, f"assistant turn {j} with its prefix")
+            own = tokenizer.render_turn(conv, j) if tokenizer and not isinstance(conv, RenderedChat) else chat
+            end = own.turn_end(j)
+            _check_length(own, c, end, max_len, f"assistant turn {j} with its prefix")
             rows.new_row()
-            rows.add(chat, end, loss_turn=j, sample=sample, conversation=c, turn_offset=turn_offset, segment=0)
+            rows.add(own, end, loss_turn=j, sample=sample, conversation=c, turn_offset=turn_offset, segment=0)
             sample += 1
         turn_offset += chat.n_turns
     return rows.build("split")
 
 
-def multiturn_layout(conversations, max_len: int | None = None) -> Batch:
+def multiturn_layout(conversations, max_len: int | None = None, tokenizer=None) -> Batch:
     """Format B: one row per conversation, loss on every assistant turn."""
-    chats, rows = _rendered(conversations), _RowBuilder()
+    chats = _rendered(conversations, tokenizer)
+    rows = _RowBuilder(chats[0].pad_token if chats else 0)
     turn_offset = 0
     for c, chat in enumerate(chats):
         _check_length(chat, c, len(chat), max_len, "the conversation")
@@ -160,9 +176,10 @@ def multiturn_layout(conversations, max_len: int | None = None) -> Batch:
     return rows.build("multiturn")
 
 
-def packed_layout(conversations, row_len: int | None = None) -> Batch:
+def packed_layout(conversations, row_len: int | None = None, tokenizer=None) -> Batch:
     """Conversations packed in order into rows of `row_len` tokens (default: the longest conversation)."""
-    chats, rows = _rendered(conversations), _RowBuilder()
+    chats = _rendered(conversations, tokenizer)
+    rows = _RowBuilder(chats[0].pad_token if chats else 0)
     row_len = row_len or max(len(c) for c in chats)
     turn_offset, filled, segment = 0, row_len, 0
     for c, chat in enumerate(chats):
@@ -176,14 +193,16 @@ def packed_layout(conversations, row_len: int | None = None) -> Batch:
     return rows.build("packed", row_len)
 
 
-def make_layout(conversations, layout: str, *, max_len: int | None = None, row_len: int | None = None) -> Batch:
-    """Dispatch by name: split | multiturn | packed."""
+def make_layout(conversations, layout: str, *, max_len: int | None = None, row_len: int | None = None,
+                tokenizer=None) -> Batch:
+    """Dispatch by name: split | multiturn | packed; `tokenizer`: None (the byte template) or a ChatTokenizer or
+    tokenizer directory (hf_tokenizer)."""
     if layout == "split":
-        return split_layout(conversations, max_len)
+        return split_layout(conversations, max_len, tokenizer)
     if layout == "multiturn":
-        return multiturn_layout(conversations, max_len)
+        return multiturn_layout(conversations, max_len, tokenizer)
     if layout == "packed":
-        return packed_layout(conversations, row_len or max_len)
+        return packed_layout(conversations, row_len or max_len, tokenizer)
     raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .hf_tokenizer import as_tokenizer
 from .layouts import Batch, make_layout
 from .reductions import as_scheme, effective_weights
 from .tokenizer import ROLE_NAMES, VOCAB_SIZE, token_text
@@ -15,8 +16,9 @@ _ROLE_NAME_ARRAY = np.array([ROLE_NAMES[i] for i in range(len(ROLE_NAMES))], dty
 _TOKEN_TEXT = np.array([token_text(i) for i in range(VOCAB_SIZE)], dtype=object)
 
 
-def batch_table(batch: Batch, weights, rank=None, micro_batch=None) -> pd.DataFrame:
-    """One row per non-padding token of a laid-out batch, with its labels and weight."""
+def batch_table(batch: Batch, weights, rank=None, micro_batch=None, tokenizer=None) -> pd.DataFrame:
+    """One row per non-padding token of a laid-out batch, with its labels and weight; `text` is the token's text
+    under `tokenizer` (None: the byte template; a ChatTokenizer: its pieces)."""
     keep = batch.segment_id >= 0
     rows, positions = keep.nonzero(as_tuple=True)
     frame = pd.DataFrame({
@@ -32,18 +34,23 @@ def batch_table(batch: Batch, weights, rank=None, micro_batch=None) -> pd.DataFr
         "micro_batch": (micro_batch[keep].numpy() if micro_batch is not None else 0),
         "weight": weights[keep].double().numpy(),
     })
-    frame.insert(6, "text", _TOKEN_TEXT[frame.token.to_numpy()])
+    tokens = frame.token.to_numpy()
+    text = _TOKEN_TEXT[tokens] if tokenizer is None else np.array([tokenizer.token_text(t) for t in tokens], object)
+    frame.insert(6, "text", text)
     return frame
 
 
 def weights_table(conversations, scheme, *, layout: str = "multiturn", ranks: int = 1, micro_batches: int = 1,
                   normalization: str = "global", row_len: int | None = None,
-                  max_len: int | None = None) -> pd.DataFrame:
-    """Effective per-token weights of `conversations` laid out by `layout`, dealt into R ranks × K micro-batches."""
-    batch = make_layout(conversations, layout, max_len=max_len, row_len=row_len)
+                  max_len: int | None = None, tokenizer=None) -> pd.DataFrame:
+    """Effective per-token weights of `conversations` laid out by `layout`, dealt into R ranks × K micro-batches.
+    `tokenizer`: None renders with the byte template; a ChatTokenizer or a local Hugging Face tokenizer directory
+    renders with its own chat template (`token` = its ids, `text` = its pieces)."""
+    tokenizer = as_tokenizer(tokenizer)
+    batch = make_layout(conversations, layout, max_len=max_len, row_len=row_len, tokenizer=tokenizer)
     weights, rank, step = effective_weights(batch, as_scheme(scheme), ranks=ranks, micro_batches=micro_batches,
                                             normalization=normalization)
-    return batch_table(batch, weights, rank, step)
+    return batch_table(batch, weights, rank, step, tokenizer)
 
 
 def weights_summary(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

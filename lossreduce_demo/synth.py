@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 import string
+import warnings
 from dataclasses import asdict, dataclass
 
 from .chats import Conversation, Message
@@ -203,11 +204,18 @@ GEORGE_WASHINGTON = Conversation((
 
 
 def write_shipped(out_dir) -> list:
-    """Write every shipped dataset to `out_dir` (the generator behind data/)."""
+    """Write every shipped dataset to `out_dir` (the generator behind data/), then the shipped tokenizer
+    (hf_tokenizer.SHIPPED_TOKENIZER, trained on default_chats; needs the [frameworks] extra)."""
     from pathlib import Path
 
     from .chats import save_chats
+    from .hf_tokenizer import SHIPPED_TOKENIZER, FrameworksMissing, write_shipped_tokenizer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [save_chats(make(), out_dir / name) for name, make in SHIPPED.items()]
+    written = [save_chats(make(), out_dir / name) for name, make in SHIPPED.items()]
+    try:
+        written.append(write_shipped_tokenizer(out_dir, SHIPPED["default_chats.jsonl"]()))
+    except FrameworksMissing as error:
+        warnings.warn(f"{out_dir / SHIPPED_TOKENIZER} not written: {error}", stacklevel=2)
+    return written

@@ -62,6 +62,7 @@ class RenderedChat:
     turn: list[int]  # index of the assistant turn (0..T-1) the token belongs to, -1 outside assistant messages
     loss_mask: list[int]  # 1 where the token is a training target
     origin: str = ""
+    pad_token: int = PAD  # the id that pads rows of this tokenizer's chats
 
     def __len__(self) -> int:
         return len(self.tokens)

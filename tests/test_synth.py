@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lossreduce_demo.chats import load_chats
+from lossreduce_demo.hf_tokenizer import SHIPPED_TOKENIZER
 from lossreduce_demo.synth import (
     BRANCH_LONG,
     BRANCH_PROMPT,
@@ -137,7 +138,11 @@ def test_make_data_regenerates_the_shipped_files_byte_for_byte(tmp_path):
     done = subprocess.run([sys.executable, "-m", "lossreduce_demo", "make-data", "--out-dir", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted(SHIPPED)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*SHIPPED, SHIPPED_TOKENIZER])
     for name in SHIPPED:
         assert (out / name).read_bytes() == (ROOT / "data" / name).read_bytes(), name
         load_chats(out / name)  # and they load cleanly
+    tokenizer_files = sorted(p.name for p in (ROOT / "data" / SHIPPED_TOKENIZER).iterdir())
+    assert tokenizer_files == ["tokenizer.json", "tokenizer_config.json"]
+    for name in tokenizer_files:  # the shipped tokenizer, trained anew on the shipped chats
+        assert (out / SHIPPED_TOKENIZER / name).read_bytes() == (ROOT / "data" / SHIPPED_TOKENIZER / name).read_bytes()
