@@ -33,7 +33,15 @@ _positive_float = _option(float, "a number", lambda v: math.isfinite(v) and v > 
 _finite_float = _option(float, "a number", math.isfinite, "finite")
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .frameworks import FRAMEWORKS
     from .layouts import LAYOUTS
     from .reductions import NORMALIZATIONS, SCHEMES
 
@@ -42,12 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("weights", help="per-token weights of a chat JSONL under a reduction scheme")
     w.add_argument("file", help="chat JSONL: one {'messages': [...]} per line")
-    w.add_argument("--scheme", default="token-mean", choices=SCHEMES)
+    w.add_argument("--scheme", default=None, choices=SCHEMES, help="default: token-mean")
     w.add_argument("--alpha", type=_finite_float, default=0.5, help="exponent of length-power")
     w.add_argument("--format", default="multiturn", choices=LAYOUTS, dest="layout")
     w.add_argument("--ranks", type=_positive_int, default=1, help="data-parallel ranks R")
     w.add_argument("--micro-batches", type=_positive_int, default=1, help="gradient-accumulation steps K")
-    w.add_argument("--normalization", default="global", choices=NORMALIZATIONS)
+    w.add_argument("--normalization", default=None, choices=NORMALIZATIONS, help="default: global")
     w.add_argument("--l-max", type=_positive_float, default=None,
                    help="constant L_max of seq-mean-token-sum-norm (default: the longest sample's loss tokens)")
     w.add_argument("--row-len", type=_positive_int, default=None,
@@ -56,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a local Hugging Face tokenizer directory with a chat template (default: the byte template)")
     w.add_argument("--skip-no-assistant", action="store_true", help="skip conversations without an assistant turn")
     w.add_argument("--out", default=None, help="write one row per token to this CSV")
+    w.add_argument("--framework", default=None, choices=FRAMEWORKS,
+                   help="weights as this library applies them (replaces --scheme, --normalization, --l-max)")
+    w.add_argument("--option", action="append", default=[], type=_key_value, metavar="NAME=VALUE",
+                   help="an option of --framework, spelled as the library spells it (repeatable)")
 
     d = sub.add_parser("make-data", help="regenerate the shipped datasets in data/ (byte-identical)")
     d.add_argument("--out-dir", default=None, help="default: the data/ folder beside the package")
@@ -82,15 +94,32 @@ def cmd_weights(args) -> int:
     from .report import weights_summary, weights_table
 
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    scheme, rec, spelled = Scheme(args.scheme or "token-mean", alpha=args.alpha, l_max=args.l_max), None, ""
+    normalization = args.normalization or "global"
+    if args.framework:
+        from .frameworks import framework
+
+        given = [flag for flag, value in (("--scheme", args.scheme), ("--normalization", args.normalization),
+                                          ("--l-max", args.l_max)) if value is not None]
+        if given:
+            raise ValueError(f"--framework {args.framework} sets the scheme and normalization itself; drop "
+                             f"{', '.join(given)} (or drop --framework)")
+
+        fw = framework(args.framework)
+        options = {name: fw[name].parse(value) if name in fw else value for name, value in args.option}
+        rec = fw.recipe(micro_batches=args.micro_batches, **options)
+        scheme, normalization = rec.scheme, rec.normalization
+        spelled = f"framework={args.framework} ({fw.version}: {rec.spelled}), "
+    elif args.option:
+        raise ValueError("--option needs --framework")
     chats = load_chats(args.file, on_no_assistant="skip" if args.skip_no_assistant else "error")
-    scheme = Scheme(args.scheme, alpha=args.alpha, l_max=args.l_max)
     table = weights_table(chats, scheme, layout=args.layout, ranks=args.ranks, micro_batches=args.micro_batches,
-                          normalization=args.normalization, row_len=args.row_len, tokenizer=tokenizer)
+                          normalization=normalization, row_len=args.row_len, tokenizer=tokenizer, recipe=rec)
     per_sample, per_turn = weights_summary(table)
     print(f"{args.file}: {len(chats)} conversations, {int(table.loss_mask.sum())} loss tokens "
-          f"({args.tokenizer or 'byte template'}), "
+          f"({args.tokenizer or 'byte template'}), {spelled}"
           f"scheme={scheme.label}, format={args.layout}, R={args.ranks}, K={args.micro_batches}, "
-          f"normalization={args.normalization}, total weight={table.weight.sum():.6g}")
+          f"normalization={normalization}, total weight={table.weight.sum():.6g}")
     for title, frame in (("per sample", per_sample), ("per assistant turn", per_turn)):
         print(f"\n{title} (first 10 of {len(frame)}):")
         print(frame.head(10).to_string(index=False, float_format=lambda x: f"{x:.4g}"))

@@ -206,6 +206,22 @@ def make_layout(conversations, layout: str, *, max_len: int | None = None, row_l
     raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
 
 
+def completion_batch(lengths, *, masked=(), prompt: str = "?") -> Batch:
+    """An RL-style batch: row i holds one prompt and a completion of `lengths[i]` loss tokens (its text and the
+    closing <|eot|>; lengths >= 1). Rows listed in `masked` keep their tokens but lose every loss token, like a
+    truncated completion under TRL's `mask_truncated_completions`."""
+    from .chats import conversation
+
+    if any(int(n) < 1 for n in lengths):
+        raise ValueError(f"completion lengths {list(lengths)}: each must be >= 1 (the <|eot|> is one token)")
+    chats = [conversation(("user", prompt), ("assistant", "abcdefghijklmnopqrstuvwxyz"[i % 26] * (int(n) - 1)))
+             for i, n in enumerate(lengths)]
+    batch = multiturn_layout(chats)
+    if len(masked):
+        batch.loss_mask[torch.as_tensor(list(masked), dtype=torch.long)] = False
+    return batch
+
+
 def layout_waste(batch: Batch) -> dict:
     """How much compute a layout spends per loss token."""
     slots = batch.tokens.numel()

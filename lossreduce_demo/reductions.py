@@ -12,9 +12,18 @@ Every scheme gives token t of sample i the weight  w = numerator(i, t) / denomin
     length-power (alpha)      n_i^(alpha-1)    sum_j n_j^alpha
 
 and the loss is sum(w * l). Numerators only need the token's own sample or turn, which never straddles
-micro-batches; denominators are sums over the batch (`BatchStats`). Normalising each micro-batch by its *own*
-denominator ("local") is the gradient-accumulation / data-parallel bug; using the global batch's ("global")
-is the fix, and gives exactly the full-batch gradient.
+micro-batches; denominators are sums over a *window* of micro-batches (`BatchStats`):
+
+    normalization   window the counts span                   micro-batch loss × c      weight after DDP's 1/R
+    global          the whole step (all ranks, all K steps)  c = R                     numerator / D_step
+    rank            this rank's K accumulation steps         c = 1                     numerator / (R · D_rank)
+    local           the micro-batch itself                   c = 1/K                   numerator / (K · R · D_rk)
+
+"local" is the gradient-accumulation / data-parallel bug, "global" the fix (exactly the full-batch gradient),
+"rank" what a framework does when it counts over its GA window but does not all-reduce the count (transformers
+with `average_tokens_across_devices=False`). A global window may also span only `window_steps` consecutive
+accumulation steps (TRL's `steps_per_generation`): c = R·S/K. Two more choices live in `Scheme`: whether
+samples without loss tokens count in B (`count_empty`) and where L_max comes from (`l_max`, `l_max_scope`).
 """
 
 from __future__ import annotations
@@ -36,18 +45,23 @@ SCHEMES = (
     "turn-mean",
     "length-power",
 )
-NORMALIZATIONS = ("global", "local")
+NORMALIZATIONS = ("global", "local", "rank")
+L_MAX_SCOPES = ("batch", "micro-batch")
 WEIGHT_DTYPE = torch.float64
 
 
 @dataclass(frozen=True)
 class Scheme:
-    """A reduction scheme; `alpha` is used by length-power, `l_max` by seq-mean-token-sum-norm
-    (None: the longest sample's loss-token count in the global batch, fixed before micro-batching)."""
+    """A reduction scheme; `alpha` is used by length-power, `l_max` by seq-mean-token-sum-norm (None: the longest
+    sample's loss-token count, in the global batch fixed before micro-batching, or with
+    `l_max_scope="micro-batch"` in each micro-batch: verl's padded response width). `count_empty`: samples
+    without any loss token count in B (TRL's `per_token_loss.size(0)`, verl's `global_batch_size`)."""
 
     name: str = "token-mean"
     alpha: float = 0.5
     l_max: float | None = None
+    l_max_scope: str = "batch"
+    count_empty: bool = False
 
     def __post_init__(self):
         if self.name not in SCHEMES:
@@ -56,14 +70,18 @@ class Scheme:
             raise ValueError(f"alpha={self.alpha!r}: must be a finite number")
         if self.l_max is not None and not (math.isfinite(self.l_max) and self.l_max > 0):
             raise ValueError(f"l_max={self.l_max!r}: must be a number > 0")
+        if self.l_max_scope not in L_MAX_SCOPES:
+            raise ValueError(f"l_max_scope={self.l_max_scope!r}: choose one of {', '.join(L_MAX_SCOPES)}")
 
     @property
     def label(self) -> str:
         if self.name == "length-power":
             return f"length-power α={self.alpha:g}"
-        if self.name == "seq-mean-token-sum-norm" and self.l_max is not None:
-            return f"{self.name} L={self.l_max:g}"
-        return self.name
+        label = self.name
+        if self.name == "seq-mean-token-sum-norm":
+            label += f" L={self.l_max:g}" if self.l_max is not None else \
+                (" L=longest per micro-batch" if self.l_max_scope == "micro-batch" else "")
+        return label + (" (empty samples in B)" if self.count_empty else "")
 
 
 def as_scheme(scheme) -> Scheme:
@@ -75,7 +93,7 @@ class BatchStats:
     """The additive counts every denominator is built from (all-reduce them with a SUM across ranks)."""
 
     n_tokens: float  # N: loss tokens
-    n_samples: float  # B_g: samples with at least one loss token
+    n_samples: float  # B_g: samples with at least one loss token (every sample with `count_empty`)
     n_turns: float  # T_g: assistant turns with at least one loss token
     power_sum: float  # sum_i n_i^alpha over samples with loss tokens (length-power)
 
@@ -98,20 +116,26 @@ def batch_stats(batch: Batch, scheme: Scheme) -> BatchStats:
     mask = batch.loss_mask
     per_sample, per_turn = _counts(batch.sample_id, mask), _counts(batch.turn_id, mask)
     present = per_sample[per_sample > 0]
+    samples = batch.sample_id[batch.sample_id >= 0].unique().numel() if scheme.count_empty else present.numel()
     return BatchStats(
         n_tokens=float(mask.sum()),
-        n_samples=float(present.numel()),
+        n_samples=float(samples),
         n_turns=float((per_turn > 0).sum()),
         power_sum=float((present**scheme.alpha).sum()) if scheme.name == "length-power" else 0.0,
     )
 
 
 def resolve_l_max(batch: Batch, scheme: Scheme) -> Scheme:
-    """Fix L_max of seq-mean-token-sum-norm to the longest sample of this (global) batch when not given."""
+    """Fix L_max of seq-mean-token-sum-norm to the longest sample of this batch when not given."""
     if scheme.name != "seq-mean-token-sum-norm" or scheme.l_max is not None:
         return scheme
     longest = float(_counts(batch.sample_id, batch.loss_mask).max()) if batch.loss_mask.any() else 1.0
     return replace(scheme, l_max=longest)
+
+
+def resolve_step_l_max(batch: Batch, scheme: Scheme) -> Scheme:
+    """L_max fixed once for the whole step (`l_max_scope="batch"`); left to each micro-batch otherwise."""
+    return resolve_l_max(batch, scheme) if scheme.l_max_scope == "batch" else scheme
 
 
 def token_numerators(batch: Batch, scheme: Scheme) -> torch.Tensor:
@@ -181,38 +205,72 @@ def micro_batch_plan(n_rows: int, ranks: int = 1, micro_batches: int = 1) -> lis
     return plan
 
 
-def micro_batch_coefficient(normalization: str, ranks: int, micro_batches: int) -> float:
+def _window_steps(micro_batches: int, window_steps: int | None) -> int:
+    steps = micro_batches if window_steps is None else window_steps
+    if steps < 1 or (steps % micro_batches and micro_batches % steps):
+        raise ValueError(f"window_steps={steps}: must divide micro_batches={micro_batches} or be a multiple of it")
+    return steps
+
+
+def micro_batch_coefficient(normalization: str, ranks: int, micro_batches: int,
+                            window_steps: int | None = None) -> float:
     """What a micro-batch's loss is multiplied by before backward, so that summing gradients over K steps
     and DDP's mean over R ranks give the intended objective."""
-    if normalization == "global":
-        return float(ranks)  # global denominators already divide by the whole batch; undo DDP's 1/R
+    if normalization == "global":  # global denominators already divide by the window; undo DDP's 1/R
+        return float(ranks) * _window_steps(micro_batches, window_steps) / micro_batches
+    if normalization == "rank":
+        return 1.0  # each rank's count over its own GA window, no loss / K (DDP's 1/R stays)
     if normalization == "local":
         return 1.0 / micro_batches  # the usual `loss / grad_accum_steps`
-    raise ValueError(f"unknown normalization {normalization!r}; choose global or local")
+    raise ValueError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
 
 
-def micro_batch_weights(micro: Batch, scheme: Scheme, normalization: str, global_stats: BatchStats,
-                        ranks: int, micro_batches: int) -> torch.Tensor:
-    """The weights a micro-batch's loss applies to its own tokens, coefficient included (before DDP's 1/R)."""
-    stats = global_stats if normalization == "global" else batch_stats(micro, scheme)
-    return token_weights(micro, scheme, stats) * micro_batch_coefficient(normalization, ranks, micro_batches)
+def window_key(mb: MicroBatch, normalization: str, micro_batches: int, window_steps: int | None = None) -> tuple:
+    """Micro-batches with the same key pool their counts into one denominator."""
+    if normalization == "global":
+        return (mb.step // _window_steps(micro_batches, window_steps),)
+    if normalization == "rank":
+        return (mb.rank, mb.step // micro_batches)
+    return (mb.rank, mb.step)
+
+
+def micro_batch_weights(micro: Batch, scheme: Scheme, normalization: str, window_stats: BatchStats | None,
+                        ranks: int, micro_batches: int, window_steps: int | None = None) -> torch.Tensor:
+    """The weights a micro-batch's loss applies to its own tokens, coefficient included (before DDP's 1/R).
+    `window_stats`: the pooled counts of its normalisation window (global: the step's, all-reduced; rank: its
+    rank's K micro-batches'); local uses the micro-batch's own."""
+    stats = batch_stats(micro, scheme) if normalization == "local" else window_stats
+    coefficient = micro_batch_coefficient(normalization, ranks, micro_batches, window_steps)
+    return token_weights(micro, scheme, stats) * coefficient
 
 
 def effective_weights(batch: Batch, scheme, *, ranks: int = 1, micro_batches: int = 1,
-                      normalization: str = "global") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      normalization: str = "global", window_steps: int | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Weights the optimiser effectively applies, w = dJ/dl, with J = (1/R) sum_r sum_k c_rk * loss_rk.
 
-    Returns (weights, rank, micro_batch): three (B, T) tensors, the last two telling where each row went."""
-    scheme = resolve_l_max(batch, as_scheme(scheme))
-    global_stats = batch_stats(batch, scheme)
+    `window_steps` S (default K): a global count spans S consecutive accumulation steps on every rank (TRL's
+    generation batch). With S > K the batch holds S/K optimizer steps (rows dealt into S micro-batches per rank,
+    whatever the normalisation) and each token's weight is the one it gets in its own step. Returns (weights, rank, micro_batch): three (B, T) tensors, the
+    last two telling where each row went."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
+    steps = _window_steps(micro_batches, window_steps)
+    scheme = resolve_step_l_max(batch, as_scheme(scheme))
     weights = torch.zeros(batch.tokens.shape, dtype=WEIGHT_DTYPE)
     rank_of = torch.full(batch.tokens.shape, -1, dtype=torch.long)
     step_of = torch.full(batch.tokens.shape, -1, dtype=torch.long)
-    for mb in micro_batch_plan(batch.tokens.shape[0], ranks, micro_batches):
-        if not mb.rows:
-            continue
+    plan = [mb for mb in micro_batch_plan(batch.tokens.shape[0], ranks, max(micro_batches, steps)) if mb.rows]
+    micro = {mb: batch.select(list(mb.rows)) for mb in plan}
+    pooled: dict[tuple, BatchStats] = {}
+    for mb in plan:
+        key = window_key(mb, normalization, micro_batches, steps)
+        stats = batch_stats(micro[mb], scheme)
+        pooled[key] = pooled[key] + stats if key in pooled else stats
+    for mb in plan:
         rows = list(mb.rows)
-        w = micro_batch_weights(batch.select(rows), scheme, normalization, global_stats, ranks, micro_batches)
+        w = micro_batch_weights(micro[mb], scheme, normalization, pooled[window_key(mb, normalization,
+                                micro_batches, steps)], ranks, micro_batches, steps)
         weights[rows] = w / ranks  # DDP averages gradients over ranks
         rank_of[rows], step_of[rows] = mb.rank, mb.step
     return weights, rank_of, step_of

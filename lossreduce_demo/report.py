@@ -42,14 +42,21 @@ def batch_table(batch: Batch, weights, rank=None, micro_batch=None, tokenizer=No
 
 def weights_table(conversations, scheme, *, layout: str = "multiturn", ranks: int = 1, micro_batches: int = 1,
                   normalization: str = "global", row_len: int | None = None,
-                  max_len: int | None = None, tokenizer=None) -> pd.DataFrame:
+                  max_len: int | None = None, tokenizer=None, recipe=None) -> pd.DataFrame:
     """Effective per-token weights of `conversations` laid out by `layout`, dealt into R ranks × K micro-batches.
     `tokenizer`: None renders with the byte template; a ChatTokenizer or a local Hugging Face tokenizer directory
-    renders with its own chat template (`token` = its ids, `text` = its pieces)."""
+    renders with its own chat template (`token` = its ids, `text` = its pieces). `recipe` (a `frameworks.Recipe`)
+    replaces scheme and normalization by a framework preset's."""
     tokenizer = as_tokenizer(tokenizer)
     batch = make_layout(conversations, layout, max_len=max_len, row_len=row_len, tokenizer=tokenizer)
+    window_steps = None
+    if recipe is not None:
+        from .frameworks import check_batch
+
+        check_batch(batch, recipe)
+        scheme, normalization, window_steps = recipe.scheme, recipe.normalization, recipe.window_steps
     weights, rank, step = effective_weights(batch, as_scheme(scheme), ranks=ranks, micro_batches=micro_batches,
-                                            normalization=normalization)
+                                            normalization=normalization, window_steps=window_steps)
     return batch_table(batch, weights, rank, step, tokenizer)
 
 

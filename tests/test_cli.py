@@ -235,3 +235,46 @@ def test_too_long_conversation_names_its_line(tmp_path, capsys):
     rc, _, err = run_main(["weights", path, "--format", "packed", "--row-len", "20"], capsys)
     n_tokens = 1 + (1 + 40 + 1) + (1 + 1 + 1)  # <bos>, <user> x*40 <eot>, <assistant> y <eot>
     assert rc == 2 and err.startswith(f"error: {path}:2: messages: the conversation has {n_tokens} tokens")
+
+
+# ---------------------------------------------------------------- --framework (lossreduce_demo.frameworks)
+
+
+def test_framework_option_report_and_csv_equal_the_preset(tmp_path, capsys):
+    """The issue's command: TRL's dr_grpo with max_completion_length=64 on 2 ranks × 4 micro-batches."""
+    from lossreduce_demo.chats import load_chats
+    from lossreduce_demo.frameworks import effective_weights
+    from lossreduce_demo.layouts import make_layout
+
+    csv = tmp_path / "trl.csv"
+    rc, out, err = run_main(["weights", DATA, "--framework", "trl-grpo", "--option", "loss_type=dr_grpo",
+                             "--option", "max_completion_length=64", "--micro-batches", "4", "--ranks", "2",
+                             "--out", csv], capsys)
+    assert rc == 0, err
+    assert "framework=trl-grpo (TRL 1.16.0: GRPOConfig(loss_type='dr_grpo', max_completion_length=64" in out
+    table = check_weights_output(out, csv, "seq-mean-token-sum-norm L=64", normalization="local")
+    batch = make_layout(load_chats(DATA), "multiturn")
+    w = effective_weights(batch, "trl-grpo", ranks=2, micro_batches=4, loss_type="dr_grpo", max_completion_length=64)
+    assert table.weight.sum() == pytest.approx(float(w.sum()), rel=1e-12)
+    loss = table[table.loss_mask == 1]
+    assert loss.weight.to_numpy() == pytest.approx(w[batch.loss_mask].numpy(), rel=1e-12)  # same token order
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--framework", "deepspeed"], "argument --framework: invalid choice: 'deepspeed'"),
+    (["--framework", "verl", "--option", "loss_agg_mode=mean"], "verl: loss_agg_mode='mean' is not allowed; "
+                                                                "allowed: token-mean, token-sum"),
+    (["--framework", "verl", "--option", "horizon=64"], "verl has no option 'horizon'; its options: loss_agg_mode"),
+    (["--framework", "trl-grpo", "--option", "max_completion_length=8"], "a sample has 54 loss tokens, more than "
+                                                                         "max_completion_length=8"),
+    (["--framework", "megatron", "--option", "calculate_per_token_loss=maybe"],
+     "megatron: calculate_per_token_loss='maybe' is not allowed; allowed: True, False"),
+    (["--framework", "megatron", "--scheme", "token-mean"], "--framework megatron sets the scheme and "
+                                                            "normalization itself; drop --scheme"),
+    (["--option", "loss_type=dapo"], "--option needs --framework"),
+    (["--framework", "verl", "--option", "loss_agg_mode"], "argument --option: expected NAME=VALUE"),
+])
+def test_bad_framework_options_are_one_line_naming_the_option(capsys, argv, expected):
+    rc, out, err = run_main(["weights", DATA, *argv], capsys)
+    assert rc == 2 and out == ""
+    assert f"error: {expected}" in err and "Traceback" not in err

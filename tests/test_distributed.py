@@ -1,7 +1,7 @@
 """Real data parallel (torch.distributed, gloo, DDP) against one process: docs/science.md §3 and E3.
 
 Process start-up (torch + DDP's first import) costs seconds, so everything that can share one spawn of the two
-ranks does: the `errors` fixture covers every scheme x both normalizations x skewed/equal data, with K = 2
+ranks does: the `errors` fixture covers every scheme x the three normalizations x skewed/equal data, with K = 2
 micro-batches per rank (DDP's no_sync path)."""
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def errors():
 
     before = _leftover_ranks()
     frame = dp_gradient_errors(SCHEMES, ranks=RANKS, data=("skewed", "equal"), micro_batches=K, dtype="float32",
-                               timeout_s=90)
+                               normalizations=("global", "local", "rank"), timeout_s=90)
     frame.attrs["leftover"] = [c for c in _leftover_ranks() if c not in before]
     return frame
 
@@ -112,9 +112,10 @@ def test_local_agrees_on_equal_length_data(errors):
 
 
 def test_real_processes_match_the_core_weight_maps(errors):
-    """The DDP gradient equals, in every configuration, the gradient of reductions.effective_weights."""
+    """The DDP gradient equals, in every configuration, the gradient of reductions.effective_weights (the
+    rank-local window too: each rank's own counts over its K micro-batches, no all-reduce)."""
     vs_core = errors[errors.metric == "max_rel_diff_vs_core"]
-    assert len(vs_core) == 2 * 7 * 2
+    assert len(vs_core) == 2 * 7 * 3
     assert (vs_core.value <= 1e-6).all(), vs_core[vs_core.value > 1e-6]
 
 

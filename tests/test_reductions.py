@@ -368,3 +368,59 @@ def test_l_max_defaults_to_the_longest_sample_of_the_global_batch():
     # fixed on the global batch before micro-batching: K does not change it
     w, _, _ = effective_weights(batch, "seq-mean-token-sum-norm", micro_batches=3, normalization="local")
     assert float(w[0].max()) == pytest.approx(1 / (3 * 1 * 7))  # 1/K · 1/(b_k · L_max), b_k = 1
+
+
+# ------------------------------------------------------------------ the windows frameworks normalise over
+
+
+def rank_counts(samples, R, K, what: str) -> list[int]:
+    """Per rank: loss tokens or samples with loss over its K micro-batches."""
+    per_micro = micro_batch_counts(samples, R, K, what)
+    return [sum(per_micro[r * K:(r + 1) * K]) for r in range(R)]
+
+
+@PROPERTY
+@given(samples=sample_lists, R=ranks, K=micro,
+       case=st.sampled_from([("token-mean", "tokens"), ("seq-mean-token-mean", "samples")]))
+def test_rank_window_is_one_over_r_times_the_ranks_own_count(samples, R, K, case):
+    """`rank`: each rank divides by its own count over its GA window, c = 1, DDP's mean: 1/(R·D_r). It equals
+    global exactly when every rank has the same count, and differs otherwise."""
+    name, counted = case
+    batch = make_batch(samples)
+    w, rank, _ = effective_weights(batch, name, ranks=R, micro_batches=K, normalization="rank")
+    right, _, _ = effective_weights(batch, name, ranks=R, micro_batches=K, normalization="global")
+    counts = rank_counts(samples, R, K, counted)
+    for r in range(R):
+        on_rank = (rank == r) & batch.loss_mask
+        if counts[r]:
+            scale = sum(counts) / (R * counts[r])  # global denominator / (R · the rank's own)
+            torch.testing.assert_close(w[on_rank], right[on_rank] * scale, rtol=1e-12, atol=0)
+    same = len({c for c in counts if c}) <= 1 and all(counts)
+    assert torch.allclose(w, right, rtol=1e-12, atol=1e-15) == (same or not batch.loss_mask.any())
+
+
+@PROPERTY
+@given(samples=sample_lists, R=ranks, K=micro, steps=st.sampled_from([1, 2]))
+def test_a_global_window_of_s_steps_divides_by_its_own_tokens_times_s_over_k(samples, R, K, steps):
+    """TRL's generation batch: S consecutive accumulation steps on every rank pool their count, c = R·S/K."""
+    S = steps if K % steps == 0 else K
+    batch = make_batch(samples)
+    w, _, step = effective_weights(batch, "token-mean", ranks=R, micro_batches=K, window_steps=S)
+    for g in range(K // S):
+        in_window = (step // S == g) & batch.loss_mask
+        if in_window.any():
+            torch.testing.assert_close(w[in_window], torch.full_like(w[in_window], S / (K * int(in_window.sum()))),
+                                       rtol=1e-12, atol=0)
+
+
+def test_count_empty_counts_every_sample_in_b_and_l_max_scope_takes_each_micro_batch_longest():
+    batch = make_batch([[4], [0], [2], [6]])
+    counted = token_weights(batch, Scheme("seq-mean-token-sum", count_empty=True))
+    assert float(counted.max()) == pytest.approx(1 / 4)  # B = 4 samples, the empty one included
+    assert float(token_weights(batch, "seq-mean-token-sum").max()) == pytest.approx(1 / 3)
+    per_micro, _, _ = effective_weights(batch, Scheme("seq-mean-token-sum-norm", l_max_scope="micro-batch"),
+                                        micro_batches=2)
+    assert float(per_micro[0].max()) == pytest.approx(1 / (3 * 4))  # micro-batch {4, 0}: L = 4
+    assert float(per_micro[3].max()) == pytest.approx(1 / (3 * 6))  # micro-batch {2, 6}: L = 6
+    with pytest.raises(ValueError, match="l_max_scope='step'"):
+        Scheme("seq-mean-token-sum-norm", l_max_scope="step")
