@@ -126,6 +126,9 @@ class ChatTokenizer:
     def encode(self, text: str) -> list[int]:
         return self.hf(text, add_special_tokens=False)["input_ids"]
 
+    def decode(self, ids) -> str:
+        return self.hf.decode([int(i) for i in ids])
+
     # ------------------------------------------------------------------ rendering
 
     def _render(self, messages, where: str, **kwargs):

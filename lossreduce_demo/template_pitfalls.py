@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from .chats import Conversation, Message
 from .hf_tokenizer import CHATML_TEMPLATE, ChatTokenizer
@@ -56,7 +57,7 @@ def train_on_rows(batch: Batch, config: GPTConfig, steps: int, lr: float = 3e-3,
     model = GPT(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     weights = token_weights(batch, "token-mean").float()
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="train", leave=False):
         optimizer.zero_grad()
         (weights * token_losses(model, batch)).sum().backward()
         optimizer.step()
@@ -72,13 +73,13 @@ def p_stop_after_reply(model: GPT, batch: Batch, eot_token: int) -> float:
     return float(logits.softmax(-1)[..., eot_token][is_stop].mean())
 
 
-def label_alignment(batch: Batch, tokenizer: ChatTokenizer) -> pd.DataFrame:
+def label_alignment(batch: Batch, eot_token: int) -> pd.DataFrame:
     """Which tokens are trained when the mask is applied to the shifted labels (right: the target token's own
     mask) or to the inputs (off by one: the mask of the token *before* the target), counted by kind."""
     targets, mask = batch.tokens[:, 1:], batch.loss_mask
     trained = {"labels (right)": mask[:, 1:], "inputs (off by one)": mask[:, :-1]}
     first_reply = mask[:, 1:] & ~mask[:, :-1]  # a target whose predecessor is not trained: a reply's first token
-    eot = targets == tokenizer.eot_token
+    eot = targets == eot_token
     rows = []
     for name, on in trained.items():
         rows.append({"mask read on": name, "trained tokens": int(on.sum()),
@@ -109,5 +110,5 @@ def turn_contexts(tokenizer: ChatTokenizer, conv: Conversation) -> pd.DataFrame:
         trained = {name: [t for t, tj, m in zip(chat.tokens, chat.turn, chat.loss_mask) if tj == j and m]
                    for name, chat in (("A", tokenizer.render_turn(conv, j)), ("B", whole))}
         rows.append({"turn": j, "A loss tokens": len(trained["A"]), "B loss tokens": len(trained["B"]),
-                     "A trains": tokenizer.hf.decode(trained["A"]), "B trains": tokenizer.hf.decode(trained["B"])})
+                     "A trains": tokenizer.decode(trained["A"]), "B trains": tokenizer.decode(trained["B"])})
     return pd.DataFrame(rows).set_index("turn")

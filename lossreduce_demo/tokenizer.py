@@ -100,11 +100,12 @@ def render(conv: Conversation) -> RenderedChat:
     return RenderedChat(tokens, role, turn, mask, conv.origin)
 
 
-def template_text(conv: Conversation, mark_loss: bool = True) -> str:
-    """The rendered template as text; with mark_loss, trained-on spans are wrapped in [[ ]]."""
-    r = render(conv)
+def template_text(conv: Conversation, mark_loss: bool = True, tokenizer=None) -> str:
+    """The rendered template as text; with mark_loss, trained-on spans are wrapped in [[ ]].
+    `tokenizer`: a hf_tokenizer.ChatTokenizer to render with its own template (default: this byte template)."""
+    r = tokenizer.render(conv) if tokenizer else render(conv)
     pieces = []
     for in_loss, run in groupby(zip(r.loss_mask, r.tokens), key=lambda pair: pair[0]):
-        text = decode([tok for _, tok in run])
+        text = (tokenizer.decode if tokenizer else decode)([tok for _, tok in run])
         pieces.append(f"[[{text}]]" if in_loss and mark_loss else text)
     return "".join(pieces)

@@ -15,12 +15,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lossreduce_demo import hf_tokenizer, layouts, report, synth
+from lossreduce_demo import hf_tokenizer, layouts, plots, report, synth
 from lossreduce_demo import template_pitfalls as pitfalls
 from lossreduce_demo.chats import Conversation, Message, load_chats
 from lossreduce_demo.cli import main
+from lossreduce_demo.exercises import nb06
 from lossreduce_demo.hf_tokenizer import CHATML_TEMPLATE, TokenizerError, load_tokenizer, shipped_tokenizer
 from lossreduce_demo.reductions import SCHEMES, effective_weights, token_weights
+from lossreduce_demo.tokenizer import template_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "default_chats.jsonl"
@@ -46,7 +48,7 @@ def reference(tok, conv, **kwargs) -> dict:
 
 
 def trained_text_per_turn(tok, chat) -> list[str]:
-    return [tok.hf.decode([t for t, tj, m in zip(chat.tokens, chat.turn, chat.loss_mask) if tj == j and m])
+    return [tok.decode([t for t, tj, m in zip(chat.tokens, chat.turn, chat.loss_mask) if tj == j and m])
             for j in range(chat.n_turns)]
 
 
@@ -185,7 +187,7 @@ def test_end_of_turn_outside_the_mask_drops_exactly_one_target_per_turn(tok):
 
 def test_mask_on_inputs_moves_every_trained_token_one_to_the_right(tok):
     batch = layouts.multiturn_layout(CHATS, tokenizer=tok)
-    counts = pitfalls.label_alignment(batch, tok)
+    counts = pitfalls.label_alignment(batch, tok.eot_token)
     n_turns = sum(c.n_assistant_turns for c in CHATS)
     right, shifted = counts.loc["labels (right)"], counts.loc["inputs (off by one)"]
     assert right["first reply tokens"] == n_turns and shifted["first reply tokens"] == 0
@@ -281,3 +283,31 @@ def test_cli_end_to_end_with_the_shipped_tokenizer(tmp_path):
     table = pd.read_csv(csv, keep_default_na=False)
     pd.testing.assert_frame_equal(table, expected, check_dtype=False, rtol=1e-12)
     assert table.weight.sum() == pytest.approx(1.0, rel=1e-12)
+
+
+# ------------------------------------------------------------------ notebook 06's pieces
+
+
+def test_template_text_marks_what_the_tokenizer_trains(tok):
+    text = template_text(CHATS[1], tokenizer=tok)
+    replies = [m.content for m in CHATS[1].messages if m.role == "assistant"]
+    assert text.count("[[") == len(replies) and all(f"[[{r}<|im_end|>]]" in text for r in replies)
+
+
+def test_tokenization_lengths_plot_reads_at_a_glance(tok):
+    lengths = {name: report.weights_summary(report.weights_table(CHATS[:40], "token-mean", tokenizer=t))[0]
+               .loss_tokens.to_numpy() for name, t in (("byte template", None), ("BPE", tok))}
+    fig = plots.tokenization_lengths(lengths)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    for axis in (ax.xaxis, ax.yaxis):
+        assert len([t for t in axis.get_ticklabels() if t.get_text()]) >= 2
+    assert f"{lengths['BPE'].sum() / lengths['byte template'].sum():.2f}×" in ax.get_title()
+
+
+def test_notebook_06_checkers_accept_the_answer_and_reject_others(tok, capsys):
+    bpe = int(layouts.multiturn_layout(CHATS, tokenizer=tok).loss_mask.sum())
+    ratio = bpe / int(layouts.multiturn_layout(CHATS).loss_mask.sum())
+    assert nb06.check_2(round(ratio, 2)) and not nb06.check_2(1.0)
+    assert nb06.check_3(42 / 3) and not nb06.check_3(13.5)  # 13.5 is the byte template's answer
+    assert "✅" in capsys.readouterr().out

@@ -1,11 +1,13 @@
 """Exercises of notebook 06 (your own data). Each checker reads the same file as the notebook (default:
-the shipped data/default_chats.jsonl); pass `path=` if you pointed the notebook at your own file."""
+the shipped data/default_chats.jsonl) and the shipped tokenizer; pass `path=` / `tokenizer=` if you pointed the
+notebook at your own."""
 
 from __future__ import annotations
 
 from ..chats import load_chats
+from ..hf_tokenizer import SHIPPED_TOKENIZER
 from ..layouts import multiturn_layout
-from ..reductions import SCHEMES, token_weights
+from ..reductions import token_weights
 from ..report import data_path, length_profile
 from . import close, feedback, pending
 
@@ -25,23 +27,25 @@ def check_1(answer, path=None):
                     "Count Conversation.n_assistant_turns > 1 over the whole file.")
 
 
-def check_2(answer, path=None, n: int = 64):
-    """seq-mean-token-mean, format B, first 64 conversations: largest weight per token ÷ smallest?"""
-    if pending(answer, "a token of sample i weighs 1/(B·n_i)."):
+def check_2(answer, path=None, tokenizer=None):
+    """Format B, the whole file: loss tokens under the tokenizer ÷ loss tokens under the byte template?"""
+    if pending(answer, "sum the loss_mask of multiturn_layout(convs) with and without tokenizer=tok."):
         return None
-    profile = length_profile(batch := multiturn_layout(_chats(path)[:n]), token_weights(batch, "seq-mean-token-mean"))
+    convs = _chats(path)
+    bpe = int(multiturn_layout(convs, tokenizer=tokenizer or data_path(SHIPPED_TOKENIZER)).loss_mask.sum())
+    byte = int(multiturn_layout(convs).loss_mask.sum())
+    expected = bpe / byte
+    return feedback(close(answer, expected, rel=0.01), f"{bpe} / {byte} = {expected:.3f}: BPE merges letters, "
+                    "and every reply keeps one end-of-turn token.",
+                    "Count the trained tokens (loss_mask) of both renderings of the same chats, then divide.")
+
+
+def check_3(answer, path=None, tokenizer=None):
+    """seq-mean-token-mean, format B, the whole file under the tokenizer: largest weight per token ÷ smallest?"""
+    if pending(answer, "a token of sample i weighs 1/(B·n_i); n_i now counts the tokenizer's tokens."):
+        return None
+    batch = multiturn_layout(_chats(path), tokenizer=tokenizer or data_path(SHIPPED_TOKENIZER))
+    profile = length_profile(batch, token_weights(batch, "seq-mean-token-mean"))
     expected = float(profile.length.max() / profile.length.min())
-    return feedback(close(answer, expected, rel=1e-3), f"{expected:.2f} = longest sample ÷ shortest sample.",
-                    "The ratio of weights is the inverse ratio of the samples' loss-token counts.")
-
-
-def check_3(answer, path=None, n: int = 64):
-    """Which scheme gives every conversation (format B) exactly the same share of the step?"""
-    if pending(answer, f"one of {', '.join(SCHEMES)}."):
-        return None
-    if answer not in SCHEMES:
-        return feedback(False, "", f"{answer!r} is not a scheme; choose one of {', '.join(SCHEMES)}.")
-    batch = multiturn_layout(_chats(path)[:n])
-    share = length_profile(batch, token_weights(batch, answer)).share
-    return feedback(bool(share.max() - share.min() < 1e-12), f"{answer}: every sample gets 1/B of the step.",
-                    f"Under {answer} the shares range from {share.min():.4f} to {share.max():.4f}.")
+    return feedback(close(answer, expected, rel=0.01), f"{expected:.2f} = longest sample ÷ shortest, in BPE tokens.",
+                    "The ratio of weights is the inverse ratio of the samples' loss-token counts under the tokenizer.")

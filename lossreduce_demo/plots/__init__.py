@@ -75,5 +75,6 @@ _enable_inline_display()
 
 from . import rl as rl  # noqa: E402  (RL figures keep their own namespace: plots.rl.ratio_curves, ...)
 from .dp import *  # noqa: E402, F403
+from .tokenizers import *  # noqa: E402, F403
 from .training import *  # noqa: E402, F403
 from .weights import *  # noqa: E402, F403
