@@ -311,3 +311,18 @@ def test_notebook_06_checkers_accept_the_answer_and_reject_others(tok, capsys):
     assert nb06.check_2(round(ratio, 2)) and not nb06.check_2(1.0)
     assert nb06.check_3(42 / 3) and not nb06.check_3(13.5)  # 13.5 is the byte template's answer
     assert "✅" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["transformers", "trl-grpo"])
+def test_framework_presets_run_on_the_tokenizers_rows(tok, tmp_path, capsys, name):
+    from lossreduce_demo.frameworks import effective_weights as framework_weights
+
+    csv = tmp_path / "w.csv"
+    rc = main(["weights", str(DATA), "--tokenizer", str(SHIPPED_DIR), "--framework", name, "--micro-batches", "2",
+               "--ranks", "2", "--out", str(csv)])
+    assert rc == 0, capsys.readouterr().err
+    table = pd.read_csv(csv, keep_default_na=False)
+    batch = layouts.multiturn_layout(CHATS, tokenizer=tok)
+    expected = framework_weights(batch, name, ranks=2, micro_batches=2)
+    assert table[table.loss_mask == 1].weight.to_numpy() == pytest.approx(expected[batch.loss_mask].numpy(),
+                                                                          rel=1e-12)
