@@ -146,13 +146,15 @@ class ChatTokenizer:
         where = conv.origin or "conversation"
         messages = [m.to_dict() for m in conv.messages]
         text = self._text(messages, where)
-        encoded = self.hf(text, add_special_tokens=False, return_offsets_mapping=True)
+        if self.has_generation_markers:
+            encoded = self._render(messages, where, tokenize=True, return_dict=True,
+                                   return_assistant_tokens_mask=True,
+                                   tokenizer_kwargs={"return_offsets_mapping": True})
+        else:
+            encoded = self.hf(text, add_special_tokens=False, return_offsets_mapping=True)
         tokens, offsets = list(encoded["input_ids"]), encoded["offset_mapping"]
         if self.has_generation_markers:
-            marked = self._render(messages, where, tokenize=True, return_dict=True,
-                                  return_assistant_tokens_mask=True)
-            assert list(marked["input_ids"]) == tokens, "apply_chat_template tokenizes its own text"
-            mask = list(marked["assistant_masks"])
+            mask = list(encoded["assistant_masks"])
         else:
             mask = self._mask_from_prefixes(messages, tokens, where)
         owner = self._message_of_each_token(messages, text, offsets, where)
@@ -180,8 +182,9 @@ class ChatTokenizer:
             if message["role"] != "assistant":
                 continue
             if i == 0:
-                raise TokenizerError(f"{where}: the conversation starts with an assistant message, so the template "
-                                     f"of {self.name} (no {{% generation %}} markers) cannot show its header apart")
+                raise TokenizerError(f"{where}: the conversation starts with an assistant message: the template of "
+                                     f"{self.name} has no {{% generation %}} markers, and there is no prompt before "
+                                     "that reply to read its loss mask against")
             prompt = self._ids(messages[:i], where, add_generation_prompt=True)
             upto = self._ids(messages[: i + 1], where)
             self._require_prefix(prompt, upto, f"the first {i} messages with the assistant header", where)

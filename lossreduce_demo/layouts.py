@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .chats import ChatFormatError
 from .hf_tokenizer import as_tokenizer
@@ -81,9 +82,10 @@ def token_losses(model, batch: Batch) -> torch.Tensor:
 def _rendered(conversations, tokenizer=None) -> list[RenderedChat]:
     """Conversations through the chat template: the byte template, or `tokenizer` (a ChatTokenizer or a
     tokenizer directory, see hf_tokenizer); already rendered chats pass through."""
-    tokenizer = as_tokenizer(tokenizer)
+    tokenizer, conversations = as_tokenizer(tokenizer), list(conversations)
+    slow = tokenizer is not None and len(conversations) >= 2000  # a few ms per chat through a Jinja template
     chats = [c if isinstance(c, RenderedChat) else tokenizer.render(c) if tokenizer else render(c)
-             for c in conversations]
+             for c in tqdm(conversations, desc="render", disable=not slow, leave=False)]
     if len({c.pad_token for c in chats}) > 1:
         raise ValueError("the conversations were rendered by different tokenizers (their pad ids differ)")
     return chats

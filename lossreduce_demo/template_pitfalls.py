@@ -53,6 +53,9 @@ def model_config(tokenizer: ChatTokenizer, base: GPTConfig = TINY) -> GPTConfig:
 
 def train_on_rows(batch: Batch, config: GPTConfig, steps: int, lr: float = 3e-3, seed: int = 0) -> GPT:
     """The tiny GPT trained full-batch with token-mean on these rows (AdamW): enough to compare two masks."""
+    if int(batch.tokens.max()) >= config.vocab_size:
+        raise ValueError(f"the rows hold token id {int(batch.tokens.max())} but the model's vocab_size is "
+                         f"{config.vocab_size}: size it by the tokenizer, model_config(tokenizer)")
     torch.manual_seed(seed)
     model = GPT(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)

@@ -171,6 +171,8 @@ def test_a_gpt_sized_by_the_tokenizer_trains_on_its_rows(tok):
     model = pitfalls.train_on_rows(batch, pitfalls.model_config(tok), steps=2)
     assert model.cfg.vocab_size == tok.vocab_size
     assert torch.isfinite(layouts.token_losses(model, batch)).all()
+    with pytest.raises(ValueError, match="vocab_size is 264: size it by the tokenizer"):
+        pitfalls.train_on_rows(batch, pitfalls.TINY, steps=1)  # the byte template's 264 ids are too few
 
 
 # ------------------------------------------------------------------ the pitfalls
@@ -326,3 +328,51 @@ def test_framework_presets_run_on_the_tokenizers_rows(tok, tmp_path, capsys, nam
     expected = framework_weights(batch, name, ranks=2, micro_batches=2)
     assert table[table.loss_mask == 1].weight.to_numpy() == pytest.approx(expected[batch.loss_mask].numpy(),
                                                                           rel=1e-12)
+
+
+# Llama 3's template (no generation markers; bos token first; replies trimmed, closed by <|eot_id|>).
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
+    " + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def llama3_dir(tmp_path_factory):
+    """Another local tokenizer directory: a BPE trained here, Llama-3 special tokens and template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    specials = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    bpe.train_from_iterator([m.content for c in CHATS for m in c.messages], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": LLAMA3_TEMPLATE,
+              "bos_token": specials[0], "eos_token": specials[-1]}
+    return hf_tokenizer.write_tokenizer_dir({"tokenizer.json": bpe.to_str(),
+                                             "tokenizer_config.json": json.dumps(config)},
+                                            tmp_path_factory.mktemp("llama3") / "tok")
+
+
+def test_any_local_tokenizer_directory_works(llama3_dir, tmp_path, capsys):
+    tok = load_tokenizer(llama3_dir)
+    assert not tok.has_generation_markers and tok.vocab_size == 300
+    for conv in CHATS[:64]:
+        chat = tok.render(conv)
+        assert chat.tokens == reference(tok, conv)["input_ids"]
+        assert chat.role[0] == layouts.ROLE_CODES["bos"] and chat.turn[0] == -1
+        replies = [m.content.strip() for m in conv.messages if m.role == "assistant"]
+        assert trained_text_per_turn(tok, chat) == [r + "<|eot_id|>" for r in replies]
+    csv = tmp_path / "w.csv"
+    assert main(["weights", str(DATA), "--tokenizer", str(llama3_dir), "--format", "packed", "--out", str(csv)]) == 0
+    table = pd.read_csv(csv, keep_default_na=False)
+    assert table.weight.sum() == pytest.approx(1.0) and table.text.iloc[0] == "<|begin_of_text|>"
+    assert capsys.readouterr().err == ""
+
+
+def test_a_conversation_that_opens_with_the_assistant(tok):
+    conv = Conversation((Message("assistant", "hello"), Message("user", "hi"), Message("assistant", "yes")))
+    assert trained_text_per_turn(tok, tok.render(conv)) == ["hello<|im_end|>", "yes<|im_end|>"]
+    with pytest.raises(TokenizerError, match="starts with an assistant message"):
+        tok.with_template(CHATML_NO_MARKERS, "no markers").render(conv)
