@@ -376,3 +376,22 @@ def test_a_conversation_that_opens_with_the_assistant(tok):
     assert trained_text_per_turn(tok, tok.render(conv)) == ["hello<|im_end|>", "yes<|im_end|>"]
     with pytest.raises(TokenizerError, match="starts with an assistant message"):
         tok.with_template(CHATML_NO_MARKERS, "no markers").render(conv)
+
+
+def test_notebook_06_reads_your_own_tokenizer(llama3_dir, tmp_path, monkeypatch):
+    """Sections 1–5 of notebook 06 with TOKENIZER pointed at another local directory (section 6 uses the shipped one)."""
+    import nbformat
+    from jupyter_client.manager import KernelManager
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("LOSSREDUCE_FAST", "1")
+    path = ROOT / "notebooks" / "06_your_own_data.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    end = next(i for i, c in enumerate(nb.cells) if "## 6." in c.source)
+    nb.cells = [c for c in nb.cells[:end] if "plots." not in c.source]  # figures are checked by the notebook test
+    cell = next(c for c in nb.cells if c.source.startswith("from lossreduce_demo.hf_tokenizer import load_tokenizer"))
+    cell.source = cell.source.replace('report.data_path("chat_tokenizer")', repr(str(llama3_dir)))
+    km = KernelManager(kernel_name="python3", transport="ipc", ip=str(tmp_path / "kernel"))
+    NotebookClient(nb, km=km, timeout=300, resources={"metadata": {"path": str(path.parent)}}).execute()
+    printed = "".join(out.get("text", "") for c in nb.cells if c.cell_type == "code" for out in c.outputs)
+    assert "vocab 300, mask from prefixes" in printed and "<|eot_id|>" in printed
