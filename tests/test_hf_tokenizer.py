@@ -379,7 +379,8 @@ def test_a_conversation_that_opens_with_the_assistant(tok):
 
 
 def test_notebook_06_reads_your_own_tokenizer(llama3_dir, tmp_path, monkeypatch):
-    """Sections 1–5 of notebook 06 with TOKENIZER pointed at another local directory (section 6 uses the shipped one)."""
+    """Sections 1 and 5 of notebook 06 with TOKENIZER pointed at another local directory (section 6 uses the shipped
+    one; the whole notebook runs in test_notebooks)."""
     import nbformat
     from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
@@ -387,8 +388,10 @@ def test_notebook_06_reads_your_own_tokenizer(llama3_dir, tmp_path, monkeypatch)
     monkeypatch.setenv("LOSSREDUCE_FAST", "1")
     path = ROOT / "notebooks" / "06_your_own_data.ipynb"
     nb = nbformat.read(path, as_version=4)
-    end = next(i for i, c in enumerate(nb.cells) if "## 6." in c.source)
-    nb.cells = [c for c in nb.cells[:end] if "plots." not in c.source]  # figures are checked by the notebook test
+    start, end = (next(i for i, c in enumerate(nb.cells) if heading in c.source) for heading in ("## 2.", "## 6."))
+    imports = [c for c in nb.cells if c.source.startswith("import pandas as pd")]
+    section_5 = [c for c in nb.cells[start:end] if "## 5." in c.source or c.source.startswith("from lossreduce_demo.hf")]
+    nb.cells = nb.cells[:start] + imports + nb.cells[nb.cells.index(section_5[0]):end]
     cell = next(c for c in nb.cells if c.source.startswith("from lossreduce_demo.hf_tokenizer import load_tokenizer"))
     cell.source = cell.source.replace('report.data_path("chat_tokenizer")', repr(str(llama3_dir)))
     km = KernelManager(kernel_name="python3", transport="ipc", ip=str(tmp_path / "kernel"))
