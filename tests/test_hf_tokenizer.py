@@ -398,3 +398,12 @@ def test_notebook_06_reads_your_own_tokenizer(llama3_dir, tmp_path, monkeypatch)
     NotebookClient(nb, km=km, timeout=300, resources={"metadata": {"path": str(path.parent)}}).execute()
     printed = "".join(out.get("text", "") for c in nb.cells if c.cell_type == "code" for out in c.outputs)
     assert "vocab 300, mask from prefixes" in printed and "<|eot_id|>" in printed
+
+
+def test_the_notebooks_naive_and_fixed_labels(tok):
+    """Notebook 06 writes the right labels by hand next to the off-by-one; the hand-written ones are model_inputs'."""
+    batch = layouts.packed_layout(CHATS[:40], tokenizer=tok)
+    right = torch.where(batch.loss_mask[:, 1:], batch.tokens[:, 1:], layouts.IGNORE_INDEX)
+    shifted = torch.where(batch.loss_mask[:, :-1], batch.tokens[:, 1:], layouts.IGNORE_INDEX)
+    assert torch.equal(right, batch.model_inputs()["targets"])
+    assert not torch.equal(shifted, right)  # negative control
