@@ -26,6 +26,7 @@ import contextlib
 import faulthandler
 import gc
 import json
+import math
 import os
 import socket
 import sys
@@ -39,6 +40,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from .errors import OptionError
 from .layouts import LAYOUTS, Batch, make_layout, token_losses
 from .model import GPT, GPTConfig
 from .reductions import (
@@ -52,6 +54,7 @@ from .reductions import (
     micro_batch_weights,
     resolve_l_max,
     token_weights,
+    with_length_ref,
 )
 from .synth import LengthSpec, make_chats
 
@@ -143,30 +146,31 @@ class DPTask:
     timeout_s: float = 120.0
 
     def check(self, ranks: int, local_ranks: int | None = None) -> DPTask:
-        """Validated copy with the backend resolved; `local_ranks`: ranks on this machine (default all)."""
+        """Validated copy with the backend resolved; `local_ranks`: ranks on this machine (default all).
+        Problems raise `OptionError` (one line, the CLI prints it)."""
         if self.mode not in ("gradients", "training"):
-            raise ValueError(f"mode={self.mode!r}: choose gradients or training")
+            raise OptionError(f"mode={self.mode!r}: choose gradients or training")
         if not self.configs:
-            raise ValueError("no configurations to run")
+            raise OptionError("no configurations to run")
         if ranks < 1 or self.rows_per_rank < 1 or self.steps < 1:
-            raise ValueError(f"ranks={ranks}, rows_per_rank={self.rows_per_rank}, steps={self.steps}: all >= 1")
+            raise OptionError(f"ranks={ranks}, rows_per_rank={self.rows_per_rank}, steps={self.steps}: all >= 1")
         for data, scheme, k, norm in self.configs:
             shard_lengths(data, 0, 1)
             Scheme(scheme, alpha=self.alpha)
             if norm not in NORMALIZATIONS:
-                raise ValueError(f"unknown normalization {norm!r}; choose one of {', '.join(NORMALIZATIONS)}")
+                raise OptionError(f"unknown normalization {norm!r}; choose one of {', '.join(NORMALIZATIONS)}")
             if not 1 <= k <= self.rows_per_rank:
-                raise ValueError(f"micro_batches={k}: need 1 <= K <= rows_per_rank={self.rows_per_rank} "
+                raise OptionError(f"micro_batches={k}: need 1 <= K <= rows_per_rank={self.rows_per_rank} "
                                  "(every rank must run the same number of backward passes)")
         if self.layout not in LAYOUTS:
-            raise ValueError(f"unknown layout {self.layout!r}; choose one of {', '.join(LAYOUTS)}")
+            raise OptionError(f"unknown layout {self.layout!r}; choose one of {', '.join(LAYOUTS)}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r}: choose one of {', '.join(DTYPES)}")
+            raise OptionError(f"dtype={self.dtype!r}: choose one of {', '.join(DTYPES)}")
         backend = self.backend or ("nccl" if torch.cuda.is_available() else "gloo")
         if backend not in ("gloo", "nccl"):
-            raise ValueError(f"backend={backend!r}: choose gloo or nccl")
+            raise OptionError(f"backend={backend!r}: choose gloo or nccl")
         if backend == "nccl" and torch.cuda.device_count() < (local_ranks or ranks):
-            raise ValueError(f"nccl needs one GPU per rank: {local_ranks or ranks} ranks on this machine, "
+            raise OptionError(f"nccl needs one GPU per rank: {local_ranks or ranks} ranks on this machine, "
                              f"{torch.cuda.device_count()} GPUs (use backend gloo)")
         return replace(self, backend=backend, configs=tuple(tuple(c) for c in self.configs))
 
@@ -179,7 +183,13 @@ def _all_reduce(values, op, device) -> list[float]:
 
 def global_l_max(shard: Batch, scheme: Scheme, device) -> Scheme:
     """seq-mean-token-sum-norm's L_max (when not a given constant) as the MAX over ranks of each shard's
-    longest sample: the same as resolve_l_max on the global batch, for both normalisations."""
+    longest sample: the same as resolve_l_max on the global batch, for both normalisations. Likewise
+    length-power's reference length (the longest sample, or for alpha < 0 the shortest, as -MAX of -n)."""
+    if scheme.name == "length-power" and scheme.length_ref is None:
+        sign = 1.0 if scheme.alpha >= 0 else -1.0
+        mine = sign * with_length_ref(shard, scheme).length_ref if shard.loss_mask.any() else -math.inf
+        (ref,) = _all_reduce([mine], dist.ReduceOp.MAX, device)
+        return replace(scheme, length_ref=sign * ref if math.isfinite(ref) else 1.0)
     if scheme.name != "seq-mean-token-sum-norm" or scheme.l_max is not None or scheme.l_max_scope != "batch":
         return scheme
     (l_max,) = _all_reduce([resolve_l_max(shard, scheme).l_max], dist.ReduceOp.MAX, device)
@@ -199,6 +209,8 @@ def ddp_backward(ddp: DDP, batch: Batch, scheme: Scheme, normalization: str, mic
     plan = [mb for mb in micro_batch_plan(batch.tokens.shape[0], ranks, micro_batches) if mb.rank == rank]
     shard = batch.select([i for mb in plan for i in mb.rows]).to(device)
     scheme = global_l_max(shard, scheme, device)
+    if normalization == "rank":  # the rank's own window: its own length-power reference length
+        scheme = with_length_ref(shard, scheme)
     stats = {"global": lambda: global_stats(shard, scheme, device), "rank": lambda: batch_stats(shard, scheme),
              "local": lambda: None}[normalization]()  # rank: the shard's own counts; local: each micro-batch's
     total = 0.0

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from . import reductions
+from .errors import OptionError
 from .layouts import Batch
 from .reductions import Scheme
 
@@ -110,11 +111,11 @@ class Framework(Mapping):
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             listed = ", ".join(self.options) or "none"
-            raise ValueError(f"{self.name} has no option {unknown[0]!r}; its options: {listed}")
+            raise OptionError(f"{self.name} has no option {unknown[0]!r}; its options: {listed}")
         out = {name: options.get(name, opt.default) for name, opt in self.options.items()}
         for name, value in out.items():
             if value not in self.options[name]:
-                raise ValueError(f"{self.name}: {name}={value!r} is not allowed; allowed: "
+                raise OptionError(f"{self.name}: {name}={value!r} is not allowed; allowed: "
                                  f"{self.options[name].describe()}")
         return out
 
@@ -268,7 +269,7 @@ FRAMEWORKS: dict[str, Framework] = {
 
 def framework(name: str) -> Framework:
     if name not in FRAMEWORKS:
-        raise ValueError(f"unknown framework {name!r}; choose one of {', '.join(FRAMEWORKS)}")
+        raise OptionError(f"unknown framework {name!r}; choose one of {', '.join(FRAMEWORKS)}")
     return FRAMEWORKS[name]
 
 
@@ -283,7 +284,7 @@ def check_batch(batch: Batch, rec: Recipe) -> None:
         return
     longest = int(torch.bincount(batch.sample_id[batch.loss_mask]).max())
     if longest > rec.max_sample_tokens:
-        raise ValueError(f"a sample has {longest} loss tokens, more than max_completion_length="
+        raise OptionError(f"a sample has {longest} loss tokens, more than max_completion_length="
                          f"{rec.max_sample_tokens} (the library truncates completions there)")
 
 

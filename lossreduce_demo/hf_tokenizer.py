@@ -29,6 +29,7 @@ from difflib import SequenceMatcher
 from pathlib import Path
 
 from .chats import Conversation
+from .errors import UserError
 from .tokenizer import ROLE_CODES, RenderedChat
 
 SHIPPED_TOKENIZER = "chat_tokenizer"  # data/chat_tokenizer/
@@ -48,7 +49,7 @@ _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 _FRAMEWORKS_HINT = "pip install -e '.[frameworks]' (or: pip install 'transformers>=5,<6' 'tokenizers>=0.21')"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A tokenizer directory or its chat template cannot be used; the text is one user-facing line."""
 
 

@@ -7,6 +7,9 @@
 
 Labels live on the token sequence: `loss_mask[b, t]` says token t is a target (predicted from tokens < t),
 so the weight of a token is the weight of predicting it. The model sees `tokens[:, :-1]`, predicts `tokens[:, 1:]`.
+
+Bounded before allocating (`SizeLimitError`): at most MAX_TOKENS rendered tokens in all, and at most MAX_SLOTS
+padded slots (rows × row length; a slot costs ~190 bytes in a weights table, a real token ~360).
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .chats import ChatFormatError
+from .errors import SizeLimitError
 from .hf_tokenizer import as_tokenizer
 from .tokenizer import ROLE_CODES, RenderedChat, render
 
 LAYOUTS = ("split", "multiturn", "packed")
 IGNORE_INDEX = -100
+MAX_TOKENS = 1 << 22  # rendered tokens of all conversations of one layout (4,194,304)
+MAX_SLOTS = 1 << 22  # padded rows × row length of one layout
 
 
 @dataclass
@@ -84,8 +90,14 @@ def _rendered(conversations, tokenizer=None) -> list[RenderedChat]:
     tokenizer directory, see hf_tokenizer); already rendered chats pass through."""
     tokenizer, conversations = as_tokenizer(tokenizer), list(conversations)
     slow = tokenizer is not None and len(conversations) >= 2000  # a few ms per chat through a Jinja template
-    chats = [c if isinstance(c, RenderedChat) else tokenizer.render(c) if tokenizer else render(c)
-             for c in tqdm(conversations, desc="render", disable=not slow, leave=False)]
+    chats, total = [], 0
+    for index, c in enumerate(tqdm(conversations, desc="render", disable=not slow, leave=False)):
+        chat = c if isinstance(c, RenderedChat) else tokenizer.render(c) if tokenizer else render(c)
+        total += len(chat)
+        if total > MAX_TOKENS:  # stop as soon as they pass the bound, before the layout allocates anything
+            raise SizeLimitError(f"{_where(chat, index)}: the conversations so far render to {total:,} tokens, "
+                                 f"more than the limit of {MAX_TOKENS:,} per layout; use fewer or shorter ones")
+        chats.append(chat)
     if len({c.pad_token for c in chats}) > 1:
         raise ValueError("the conversations were rendered by different tokenizers (their pad ids differ)")
     return chats
@@ -131,6 +143,11 @@ class _RowBuilder:
 
     def build(self, layout: str, row_len: int | None = None) -> Batch:
         T = row_len or max((len(r["tokens"]) for r in self.rows), default=1)
+        if len(self.rows) * T > MAX_SLOTS:
+            hint = ("choose a smaller row length (--row-len)" if layout == "packed" else
+                    "pack them (--format packed) to drop the padding, or drop the longest conversation")
+            raise SizeLimitError(f"the {layout} layout would be {len(self.rows):,} rows × {T:,} tokens = "
+                                 f"{len(self.rows) * T:,} slots, more than the limit of {MAX_SLOTS:,}; {hint}")
         pad_value = {"tokens": self.pad_token, "loss_mask": 0, "role": ROLE_CODES["pad"], "position": 0}
         arrays = {}
         for key in self.rows[0] if self.rows else ():

@@ -11,7 +11,10 @@ Every scheme gives token t of sample i the weight  w = numerator(i, t) / denomin
     turn-mean                 1 / n_turn       T_g    assistant turns with >= 1 loss token
     length-power (alpha)      n_i^(alpha-1)    sum_j n_j^alpha
 
-and the loss is sum(w * l). Numerators only need the token's own sample or turn, which never straddles
+and the loss is sum(w * l). length-power computes both with lengths divided by a reference length c (the longest
+sample of the normalisation window for alpha >= 0, the shortest for alpha < 0; c cancels), so the largest power is 1
+and no power over- or underflows: every finite alpha gives finite weights that sum to 1 (the log-sum-exp shift,
+written with powers). Numerators only need the token's own sample or turn, which never straddles
 micro-batches; denominators are sums over a *window* of micro-batches (`BatchStats`):
 
     normalization   window the counts span                   micro-batch loss × c      weight after DDP's 1/R
@@ -34,6 +37,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from .errors import OptionError
 from .layouts import Batch
 
 SCHEMES = (
@@ -55,21 +59,25 @@ class Scheme:
     """A reduction scheme; `alpha` is used by length-power, `l_max` by seq-mean-token-sum-norm (None: the longest
     sample's loss-token count, in the global batch fixed before micro-batching, or with
     `l_max_scope="micro-batch"` in each micro-batch: verl's padded response width). `count_empty`: samples
-    without any loss token count in B (TRL's `per_token_loss.size(0)`, verl's `global_batch_size`)."""
+    without any loss token count in B (TRL's `per_token_loss.size(0)`, verl's `global_batch_size`). L_max is a
+    token count (>= 1). `length_ref`: length-power's reference length c (None: taken from the batch or window)."""
 
     name: str = "token-mean"
     alpha: float = 0.5
     l_max: float | None = None
     l_max_scope: str = "batch"
     count_empty: bool = False
+    length_ref: float | None = None
 
     def __post_init__(self):
         if self.name not in SCHEMES:
             raise ValueError(f"unknown scheme {self.name!r}; choose one of {', '.join(SCHEMES)}")
         if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha)):
             raise ValueError(f"alpha={self.alpha!r}: must be a finite number")
-        if self.l_max is not None and not (math.isfinite(self.l_max) and self.l_max > 0):
-            raise ValueError(f"l_max={self.l_max!r}: must be a number > 0")
+        if self.l_max is not None and not (math.isfinite(self.l_max) and self.l_max >= 1):
+            raise ValueError(f"l_max={self.l_max!r}: must be a token count >= 1")
+        if self.length_ref is not None and not (math.isfinite(self.length_ref) and self.length_ref >= 1):
+            raise ValueError(f"length_ref={self.length_ref!r}: must be a token count >= 1")
         if self.l_max_scope not in L_MAX_SCOPES:
             raise ValueError(f"l_max_scope={self.l_max_scope!r}: choose one of {', '.join(L_MAX_SCOPES)}")
 
@@ -95,7 +103,7 @@ class BatchStats:
     n_tokens: float  # N: loss tokens
     n_samples: float  # B_g: samples with at least one loss token (every sample with `count_empty`)
     n_turns: float  # T_g: assistant turns with at least one loss token
-    power_sum: float  # sum_i n_i^alpha over samples with loss tokens (length-power)
+    power_sum: float  # sum_i (n_i / c)^alpha over samples with loss tokens (length-power, c = length_ref)
 
     def __add__(self, other: BatchStats) -> BatchStats:
         return BatchStats(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple())))
@@ -113,6 +121,10 @@ def _counts(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def batch_stats(batch: Batch, scheme: Scheme) -> BatchStats:
+    """The batch's counts. A length-power scheme without `length_ref` takes this batch's own: fix it on the whole
+    window first (`with_length_ref`) when the stats of several micro-batches are to be added."""
+    if scheme.name == "length-power" and scheme.length_ref is None:
+        scheme = with_length_ref(batch, scheme)
     mask = batch.loss_mask
     per_sample, per_turn = _counts(batch.sample_id, mask), _counts(batch.turn_id, mask)
     present = per_sample[per_sample > 0]
@@ -121,8 +133,20 @@ def batch_stats(batch: Batch, scheme: Scheme) -> BatchStats:
         n_tokens=float(mask.sum()),
         n_samples=float(samples),
         n_turns=float((per_turn > 0).sum()),
-        power_sum=float((present**scheme.alpha).sum()) if scheme.name == "length-power" else 0.0,
+        power_sum=float(((present / scheme.length_ref) ** scheme.alpha).sum()) if scheme.name == "length-power"
+        else 0.0,
     )
+
+
+def with_length_ref(batch: Batch, scheme: Scheme) -> Scheme:
+    """length-power with its reference length taken from `batch` (the longest sample with loss tokens for
+    alpha >= 0, the shortest for alpha < 0; 1 without any); other schemes unchanged."""
+    if scheme.name != "length-power":
+        return scheme
+    lengths = _counts(batch.sample_id, batch.loss_mask)
+    lengths = lengths[lengths > 0]
+    ref = float(lengths.max() if scheme.alpha >= 0 else lengths.min()) if lengths.numel() else 1.0
+    return replace(scheme, length_ref=ref)
 
 
 def resolve_l_max(batch: Batch, scheme: Scheme) -> Scheme:
@@ -153,9 +177,13 @@ def token_numerators(batch: Batch, scheme: Scheme) -> torch.Tensor:
         out[mask] = 1.0 / scheme.l_max
     elif name == "turn-mean":
         out[mask] = 1.0 / _counts(batch.turn_id, mask)[batch.turn_id[mask]]
-    else:  # seq-mean-token-mean, length-power
-        n_i = _counts(batch.sample_id, mask)[batch.sample_id[mask]]
-        out[mask] = 1.0 / n_i if name == "seq-mean-token-mean" else n_i ** (scheme.alpha - 1.0)
+    elif name == "seq-mean-token-mean":
+        out[mask] = 1.0 / _counts(batch.sample_id, mask)[batch.sample_id[mask]]
+    else:  # length-power: n^(alpha-1) = (n/c)^(alpha-1) / c * c^alpha, and c^alpha cancels with the denominator's
+        if scheme.length_ref is None:
+            raise ValueError("length-power needs length_ref: call with_length_ref on the window first")
+        ref = scheme.length_ref
+        out[mask] = (_counts(batch.sample_id, mask)[batch.sample_id[mask]] / ref) ** (scheme.alpha - 1.0) / ref
     return out
 
 
@@ -177,10 +205,15 @@ def token_weights(batch: Batch, scheme, stats: BatchStats | None = None) -> torc
 
     A batch without loss tokens gets all-zero weights (never NaN)."""
     scheme = resolve_l_max(batch, as_scheme(scheme))
+    if scheme.name == "length-power" and scheme.length_ref is None:
+        scheme = with_length_ref(batch, scheme)
     stats = stats if stats is not None else batch_stats(batch, scheme)
     denom = denominator(scheme, stats)
     numer = token_numerators(batch, scheme)
-    return numer / denom if denom > 0 else numer * 0.0
+    weights = numer / denom if denom > 0 else numer * 0.0
+    if not (math.isfinite(denom) and bool(torch.isfinite(weights).all())):
+        raise ValueError(f"{scheme.label}: weights are not finite (denominator {denom:g}); this is a bug")
+    return weights
 
 
 # ---------------------------------------------------------------- micro-batch plans (GA × DP)
@@ -208,7 +241,7 @@ def micro_batch_plan(n_rows: int, ranks: int = 1, micro_batches: int = 1) -> lis
 def _window_steps(micro_batches: int, window_steps: int | None) -> int:
     steps = micro_batches if window_steps is None else window_steps
     if steps < 1 or (steps % micro_batches and micro_batches % steps):
-        raise ValueError(f"window_steps={steps}: must divide micro_batches={micro_batches} or be a multiple of it")
+        raise OptionError(f"window_steps={steps}: must divide micro_batches={micro_batches} or be a multiple of it")
     return steps
 
 
@@ -238,7 +271,9 @@ def micro_batch_weights(micro: Batch, scheme: Scheme, normalization: str, window
                         ranks: int, micro_batches: int, window_steps: int | None = None) -> torch.Tensor:
     """The weights a micro-batch's loss applies to its own tokens, coefficient included (before DDP's 1/R).
     `window_stats`: the pooled counts of its normalisation window (global: the step's, all-reduced; rank: its
-    rank's K micro-batches'); local uses the micro-batch's own."""
+    rank's K micro-batches'); local uses the micro-batch's own, and its own length-power reference length."""
+    if normalization == "local":
+        scheme = with_length_ref(micro, scheme)
     stats = batch_stats(micro, scheme) if normalization == "local" else window_stats
     coefficient = micro_batch_coefficient(normalization, ranks, micro_batches, window_steps)
     return token_weights(micro, scheme, stats) * coefficient
@@ -262,15 +297,21 @@ def effective_weights(batch: Batch, scheme, *, ranks: int = 1, micro_batches: in
     step_of = torch.full(batch.tokens.shape, -1, dtype=torch.long)
     plan = [mb for mb in micro_batch_plan(batch.tokens.shape[0], ranks, max(micro_batches, steps)) if mb.rows]
     micro = {mb: batch.select(list(mb.rows)) for mb in plan}
+    key_of = {mb: window_key(mb, normalization, micro_batches, steps) for mb in plan}
+    window_rows: dict[tuple, list[int]] = {}
+    for mb in plan:
+        window_rows.setdefault(key_of[mb], []).extend(mb.rows)
+    window_scheme = {key: with_length_ref(batch.select(rows), scheme) if scheme.length_ref is None else scheme
+                     for key, rows in window_rows.items()}
     pooled: dict[tuple, BatchStats] = {}
     for mb in plan:
-        key = window_key(mb, normalization, micro_batches, steps)
-        stats = batch_stats(micro[mb], scheme)
+        key = key_of[mb]
+        stats = batch_stats(micro[mb], window_scheme[key])
         pooled[key] = pooled[key] + stats if key in pooled else stats
     for mb in plan:
-        rows = list(mb.rows)
-        w = micro_batch_weights(micro[mb], scheme, normalization, pooled[window_key(mb, normalization,
-                                micro_batches, steps)], ranks, micro_batches, steps)
+        rows, key = list(mb.rows), key_of[mb]
+        w = micro_batch_weights(micro[mb], window_scheme[key], normalization, pooled[key], ranks, micro_batches,
+                                steps)
         weights[rows] = w / ranks  # DDP averages gradients over ranks
         rank_of[rows], step_of[rows] = mb.rank, mb.step
     return weights, rank_of, step_of

@@ -197,28 +197,37 @@ def test_missing_file_and_directory(tmp_path, capsys):
     assert rc == 2 and err.startswith(f"error: {tmp_path}: is a directory")
 
 
-def test_skip_no_assistant(tmp_path, capsys):
+def test_skip_no_assistant_prints_one_line_per_skipped_conversation(tmp_path, capsys):
     path = write_lines(tmp_path / "mixed.jsonl", NO_ASSISTANT, GOOD, NO_ASSISTANT)
-    with pytest.warns(UserWarning) as warned:
-        rc, out, err = run_main(["weights", path, "--skip-no-assistant"], capsys)
-    assert [str(w.message) for w in warned] == [f"{path}:{n}: messages: no assistant turn; conversation skipped"
-                                                for n in (1, 3)]
+    rc, out, err = run_main(["weights", path, "--skip-no-assistant"], capsys)
+    assert err.splitlines() == [f"warning: {path}:{n}: messages: no assistant turn; conversation skipped"
+                                for n in (1, 3)]
     assert rc == 0 and f"{path}: 1 conversations, 6 loss tokens" in out
     only = write_lines(tmp_path / "only.jsonl", NO_ASSISTANT)
-    with pytest.warns(UserWarning):
-        rc, _, err = run_main(["weights", only, "--skip-no-assistant"], capsys)
-    assert rc == 2 and err.startswith(f"error: {only}: no conversations (1 skipped")
+    rc, _, err = run_main(["weights", only, "--skip-no-assistant"], capsys)
+    assert rc == 2 and err.splitlines()[-1].startswith(f"error: {only}: no conversations (1 skipped")
+
+
+def test_no_assistant_error_names_the_cli_flag(tmp_path, capsys):
+    path = write_lines(tmp_path / "mixed.jsonl", GOOD, NO_ASSISTANT)
+    rc, _, err = run_main(["weights", path], capsys)
+    assert rc == 2 and "--skip-no-assistant" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("option, value, expected", [
-    ("--ranks", "0", "argument --ranks: must be >= 1"),
+    ("--ranks", "0", "argument --ranks: must be between 1 and 1024"),
     ("--micro-batches", "two", "argument --micro-batches: expected a whole number"),
-    ("--micro-batches", "-3", "argument --micro-batches: must be >= 1"),
+    ("--micro-batches", "-3", "argument --micro-batches: must be between 1 and 1024"),
     ("--alpha", "nan", "argument --alpha: must be finite"),
     ("--alpha", "inf", "argument --alpha: must be finite"),
-    ("--l-max", "-1", "argument --l-max: must be a finite number > 0"),
-    ("--l-max", "nan", "argument --l-max: must be a finite number > 0"),
-    ("--row-len", "0", "argument --row-len: must be >= 1"),
+    ("--l-max", "-1", "argument --l-max: must be >= 1"),
+    ("--l-max", "nan", "argument --l-max: must be >= 1"),
+    ("--l-max", "5e-324", "argument --l-max: must be >= 1"),
+    ("--l-max", "0.5", "argument --l-max: must be >= 1"),
+    ("--row-len", "0", "argument --row-len: must be between 1 and 1048576"),
+    ("--row-len", "1000000000", "argument --row-len: must be between 1 and 1048576"),
+    ("--ranks", "10000000", "argument --ranks: must be between 1 and 1024"),
+    ("--micro-batches", "10000000", "argument --micro-batches: must be between 1 and 1024"),
     ("--scheme", "mean", "argument --scheme: invalid choice: 'mean'"),
     ("--format", "chatml", "argument --format: invalid choice: 'chatml'"),
     ("--normalization", "per-device", "argument --normalization: invalid choice"),
@@ -278,3 +287,169 @@ def test_bad_framework_options_are_one_line_naming_the_option(capsys, argv, expe
     rc, out, err = run_main(["weights", DATA, *argv], capsys)
     assert rc == 2 and out == ""
     assert f"error: {expected}" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ hardening: numbers, bounds, outputs, errors
+
+
+@pytest.mark.parametrize("alpha", ["300", "-1000", "1e308", "-1e308"])
+def test_length_power_weights_sum_to_one_for_extreme_alpha(tmp_path, capsys, alpha):
+    csv = tmp_path / "w.csv"
+    rc, out, err = run_main(["weights", DATA, "--scheme", "length-power", f"--alpha={alpha}", "--out", csv], capsys)
+    assert rc == 0, err
+    assert "total weight=1\n" in out and "nan" not in out and "inf" not in out
+    table = pd.read_csv(csv)
+    assert table.weight.notna().all() and table.weight.sum() == pytest.approx(1, rel=1e-12)
+    longest = table[table.loss_mask == 1].groupby("sample").size()
+    share = table.groupby("sample").weight.sum()
+    winners = longest[longest == (longest.max() if float(alpha) > 0 else longest.min())].index
+    assert share[winners].sum() > 0.99  # the extreme lengths take (nearly) the whole step
+
+
+def test_empty_micro_batches_print_one_warning(capsys):
+    rc, out, err = run_main(["weights", ROOT / "data" / "george_washington.jsonl", "--micro-batches", "4",
+                             "--normalization", "local"], capsys)
+    assert rc == 0 and "total weight=0.25" in out
+    assert err == ("warning: 3 of 4 micro-batches are empty (1 row for --ranks 1 × --micro-batches 4); under "
+                   "--normalization local each one drops its share, so the weights sum to less\n")
+    rc, out, err = run_main(["weights", DATA, "--micro-batches", "4"], capsys)
+    assert rc == 0 and err == ""
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["experiment", "e1", "--seeds", "1000000"], "argument --seeds: must be between 1 and 100"),
+    (["dp-check", "--ranks", "64"], "argument --ranks: must be between 1 and 16"),
+    (["dp-check", "--backend", "mpi"], "argument --backend: invalid choice: 'mpi'"),
+])
+def test_other_commands_bound_their_options(capsys, argv, expected):
+    rc, out, err = run_main(argv, capsys)
+    assert rc == 2 and out == "" and f"error: {expected}" in err
+
+
+def test_a_layout_over_the_slot_limit_is_refused_before_allocating(tmp_path, capsys):
+    from lossreduce_demo.layouts import MAX_SLOTS
+
+    long = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x" * 200_000}]}
+    path = write_lines(tmp_path / "padded.jsonl", long, *[GOOD] * 30)
+    rc, _, err = run_main(["weights", path], capsys)
+    assert rc == 2 and err == (f"error: the multiturn layout would be 31 rows × 200,006 tokens = 6,200,186 slots, "
+                               f"more than the limit of {MAX_SLOTS:,}; pack them (--format packed) to drop the "
+                               "padding, or drop the longest conversation\n")
+    rc, out, err = run_main(["weights", path, "--format", "packed"], capsys)
+    assert rc == 0 and "31 conversations" in out
+
+
+def test_out_is_checked_before_the_work_and_never_overwrites_the_input(tmp_path, capsys, monkeypatch):
+    import lossreduce_demo.report as report
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the destination must be checked before any work")
+
+    monkeypatch.setattr(report, "weights_table", no_work)
+    data = write_lines(tmp_path / "chats.jsonl", GOOD)
+    before = data.read_bytes()
+    (tmp_path / "a_file").write_text("x")
+    cases = [
+        (data, f"--out {data}: is the input file {data}; refusing to overwrite it"),
+        (tmp_path / "." / "chats.jsonl", f"--out {tmp_path / '.' / 'chats.jsonl'}: is the input file {data}"),
+        ("", "--out: empty file name"),
+        (tmp_path, f"--out {tmp_path}: is a directory; give a file name"),
+        (tmp_path / "a_file" / "w.csv", f"--out {tmp_path / 'a_file' / 'w.csv'}: {tmp_path / 'a_file'} is not a "
+                                        "directory"),
+    ]
+    for out, expected in cases:
+        rc, stdout, err = run_main(["weights", data, "--out", out], capsys)
+        assert rc == 2 and stdout == "" and err.startswith(f"error: {expected}"), err
+    assert data.read_bytes() == before
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path, capsys, monkeypatch):
+    import errno
+
+    csv = tmp_path / "w.csv"
+    csv.write_text("old results\n")
+    original = pd.DataFrame.to_csv
+
+    def disk_full(self, path, **kwargs):
+        original(self.head(3), path, **kwargs)  # a few rows reach the disk, then it is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full)
+    rc, _, err = run_main(["weights", DATA, "--out", csv], capsys)
+    assert rc == 2 and err == f"error: --out {csv}: cannot write: No space left on device\n"
+    assert csv.read_text() == "old results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.csv"]  # no temporary file left behind
+
+
+def test_a_new_csv_gets_the_usual_permissions(tmp_path, capsys):
+    csv = tmp_path / "sub" / "w.csv"
+    rc, _, err = run_main(["weights", ROOT / "data" / "george_washington.jsonl", "--out", csv], capsys)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert rc == 0 and csv.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_experiment_checks_its_destination_before_training(tmp_path, capsys, monkeypatch):
+    from lossreduce_demo import experiments
+
+    monkeypatch.setitem(experiments.REGISTRY, "e1", "sft:not_to_be_called")  # reaching it would raise
+    a_file = write_lines(tmp_path / "results", GOOD)
+    rc, _, err = run_main(["experiment", "e1", "--out", a_file], capsys)
+    assert rc == 2 and err == f"error: --out {a_file}: exists and is not a directory\n"
+    (tmp_path / "out" / "e1.csv").mkdir(parents=True)
+    rc, _, err = run_main(["experiment", "e1", "--out", tmp_path / "out"], capsys)
+    assert rc == 2 and err.startswith(f"error: --out {tmp_path / 'out' / 'e1.csv'}: is a directory")
+    rc, _, err = run_main(["experiment", "e42"], capsys)
+    assert rc == 2 and err.startswith("error: unknown experiment 'e42'; choose one of e1,")
+
+
+def test_make_data_refuses_an_empty_out_dir(capsys):
+    rc, _, err = run_main(["make-data", "--out-dir", ""], capsys)
+    assert rc == 2 and err == "error: --out-dir: empty folder name\n"
+
+
+def test_internal_errors_are_tracebacks_not_one_line_errors(monkeypatch, capsys):
+    import lossreduce_demo.report as report
+
+    def bug(*args, **kwargs):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(report, "weights_table", bug)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["weights", str(DATA)])
+
+
+@pytest.mark.parametrize("signal_exception, rc, line", [
+    (KeyboardInterrupt, 130, "error: weights interrupted (Ctrl-C); stopped, nothing half-written\n"),
+    ("Terminated", 143, "error: weights terminated (SIGTERM); stopped, nothing half-written\n"),
+])
+def test_interrupts_exit_with_one_line(monkeypatch, capsys, signal_exception, rc, line):
+    import lossreduce_demo.cli as cli
+
+    exc = getattr(cli, signal_exception) if isinstance(signal_exception, str) else signal_exception
+
+    def interrupted(args):
+        raise exc()
+
+    monkeypatch.setitem(cli.COMMANDS, "weights", interrupted)
+    assert run_main(["weights", DATA], capsys) == (rc, "", line)
+
+
+def test_sigterm_becomes_an_exception_while_a_command_runs(monkeypatch, capsys):
+    import signal
+
+    import lossreduce_demo.cli as cli
+
+    def terminate_self(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM should have stopped the command")
+
+    monkeypatch.setitem(cli.COMMANDS, "weights", terminate_self)
+    before = signal.getsignal(signal.SIGTERM)
+    assert run_main(["weights", DATA], capsys)[0] == 143
+    assert signal.getsignal(signal.SIGTERM) == before  # restored afterwards
+
+
+def test_short_tables_say_how_many_rows_they_have(capsys):
+    rc, out, _ = run_main(["weights", ROOT / "data" / "george_washington.jsonl"], capsys)
+    assert rc == 0 and "per sample (1):" in out and "per assistant turn (3):" in out and "first 10 of" not in out

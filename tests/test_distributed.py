@@ -142,10 +142,11 @@ def test_a_hung_rank_is_stopped_by_the_timeout():
 
 @pytest.mark.timeout(120)
 def test_dp_check_cli_reports_world_size_and_the_difference_last():
+    """At an extreme alpha too: length-power's reference length is all-reduced like L_max (no NaN, exit 0)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-m", "lossreduce_demo", "dp-check", "--ranks", "2", "--scheme",
-                           "token-mean", "--normalization", "global"], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=100)
+                           "length-power", "--alpha", "1e308", "--normalization", "global"], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=100)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     for r in range(2):

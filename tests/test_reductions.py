@@ -20,11 +20,13 @@ from lossreduce_demo.reductions import (
     SCHEMES,
     BatchStats,
     Scheme,
+    as_scheme,
     batch_stats,
     effective_weights,
     micro_batch_plan,
     resolve_l_max,
     token_weights,
+    with_length_ref,
 )
 from lossreduce_demo.report import weights_summary, weights_table
 
@@ -244,6 +246,7 @@ def test_micro_batch_plan_deals_every_row_once_in_order_and_balanced(n_rows, R, 
 def test_batch_stats_are_additive_over_micro_batches(samples, scheme, R, K):
     """What makes the global fix a single all-reduce: the full batch's counts are sums of the micro-batches'."""
     batch = make_batch(samples)
+    scheme = with_length_ref(batch, as_scheme(scheme))  # length-power's reference fixed on the whole batch first
     total = BatchStats(0.0, 0.0, 0.0, 0.0)
     for mb in micro_batch_plan(len(samples), R, K):
         if mb.rows:
@@ -355,6 +358,9 @@ def test_science_5_5_41_example():
     (dict(name="seq-mean-token-sum-norm", l_max=-1.0), "l_max"),
     (dict(name="seq-mean-token-sum-norm", l_max=0.0), "l_max"),
     (dict(name="seq-mean-token-sum-norm", l_max=math.nan), "l_max"),
+    (dict(name="seq-mean-token-sum-norm", l_max=0.5), "l_max"),  # a token count: at least 1
+    (dict(name="seq-mean-token-sum-norm", l_max=5e-324), "l_max"),
+    (dict(name="length-power", length_ref=0.5), "length_ref"),
 ])
 def test_bad_scheme_parameters_raise_value_error_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -424,3 +430,43 @@ def test_count_empty_counts_every_sample_in_b_and_l_max_scope_takes_each_micro_b
     assert float(per_micro[3].max()) == pytest.approx(1 / (3 * 6))  # micro-batch {2, 6}: L = 6
     with pytest.raises(ValueError, match="l_max_scope='step'"):
         Scheme("seq-mean-token-sum-norm", l_max_scope="step")
+
+
+# ------------------------------------------------------------------ length-power at any alpha
+
+
+@PROPERTY
+@given(samples=sample_lists, alpha=st.floats(-1e300, 1e300, allow_nan=False), R=ranks, K=micro,
+       normalization=st.sampled_from(["global", "local", "rank"]))
+def test_length_power_weights_are_finite_and_sum_to_one_for_every_finite_alpha(samples, alpha, R, K, normalization):
+    """(n/c)^alpha with c the window's longest (alpha >= 0) or shortest (alpha < 0) sample: the largest power is 1,
+    so nothing overflows and the sum never underflows. Every window with loss tokens has its full share: global
+    weights sum to 1, rank ones to (ranks with loss tokens)/R, local ones to (micro-batches with loss tokens)/RK."""
+    batch = make_batch(samples)
+    w, rank, step = effective_weights(batch, Scheme("length-power", alpha=alpha), ranks=R, micro_batches=K,
+                                      normalization=normalization)
+    assert torch.isfinite(w).all() and (w >= 0).all()
+    if not batch.loss_mask.any():
+        return
+    if normalization == "global":
+        assert float(w.sum()) == pytest.approx(1.0, rel=1e-12)
+    elif normalization == "rank":
+        assert float(w.sum()) == pytest.approx(len(set(rank[batch.loss_mask].tolist())) / R, rel=1e-12)
+    else:
+        has_loss = {(int(r), int(k)) for r, k in zip(rank[batch.loss_mask], step[batch.loss_mask])}
+        assert float(w.sum()) == pytest.approx(len(has_loss) / (R * K), rel=1e-12)
+
+
+@PROPERTY
+@given(samples=sample_lists, alpha=st.floats(-3.0, 3.0, allow_nan=False))
+def test_length_power_equals_the_plain_formula_where_that_is_representable(samples, alpha):
+    batch = make_batch(samples)
+    n = {}
+    for i in batch.sample_id[batch.loss_mask].tolist():
+        n[i] = n.get(i, 0) + 1
+    denominator = sum(v**alpha for v in n.values())
+    expected = torch.zeros(batch.tokens.shape, dtype=torch.float64)
+    for (b, t) in batch.loss_mask.nonzero().tolist():
+        expected[b, t] = n[int(batch.sample_id[b, t])] ** (alpha - 1) / denominator
+    torch.testing.assert_close(token_weights(batch, Scheme("length-power", alpha=alpha)), expected, rtol=1e-12,
+                               atol=0)

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..errors import OptionError, shown
+from ..outputs import check_output_dir, replacing
+
 # Tidy long-form columns every experiment CSV has (empty where they do not apply).
 COLUMNS = ["experiment", "seed", "scheme", "normalization", "format", "micro_batch_size", "grad_accum",
            "metric", "value", "predicted", "passed"]
@@ -48,15 +51,17 @@ def tidy(rows: list[dict]) -> pd.DataFrame:
 
 
 def run_experiment(name: str, seeds: int = 3, out_dir="results") -> ExperimentResult:
-    """Run experiment `name`, write out_dir/NAME.csv and out_dir/NAME.png."""
+    """Run experiment `name`, write out_dir/NAME.csv and out_dir/NAME.png. The name and the destination are
+    checked before the run; each file is written to a temporary name and then replaces the old one."""
     key = name.lower()
     if key not in REGISTRY:
-        raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(sorted(REGISTRY))}")
+        raise OptionError(f"unknown experiment {shown(name)}; choose one of {', '.join(sorted(REGISTRY))}")
+    out = check_output_dir(out_dir, files=[f"{key}.csv", f"{key}.png"])
     module, func = REGISTRY[key].split(":")
     result: ExperimentResult = getattr(importlib.import_module(f"{__name__}.{module}"), func)(seeds=seeds)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     result.csv_path, result.png_path = out / f"{key}.csv", out / f"{key}.png"
-    result.table.to_csv(result.csv_path, index=False)
-    result.figure.savefig(result.png_path, dpi=120, bbox_inches="tight")
+    with replacing(result.csv_path) as tmp:
+        result.table.to_csv(tmp, index=False)
+    with replacing(result.png_path) as tmp:
+        result.figure.savefig(tmp, dpi=120, bbox_inches="tight")
     return result
