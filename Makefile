@@ -17,8 +17,11 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(PY) -c "import pytest, hypothesis, nbclient"
 	touch $@
 
+# jupyter lab refuses to start as root (containers, CI images) unless told it is meant.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
+
 lab: $(VENV)/.installed  ## set up and open the suite in JupyterLab
-	$(VENV)/bin/jupyter lab notebooks/00_start_here.ipynb
+	$(VENV)/bin/jupyter lab $(ALLOW_ROOT) notebooks/00_start_here.ipynb
 
 test: $(VENV)/.installed-dev  ## set up and run every test (notebooks included, in fast mode)
 	LOSSREDUCE_FAST=1 LOSSREDUCE_THREADS=1 $(PY) -m pytest -m "not browser"

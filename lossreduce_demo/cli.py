@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an option of --framework, spelled as the library spells it (repeatable)")
 
     d = sub.add_parser("make-data", help="regenerate the shipped datasets in data/ (byte-identical)")
-    d.add_argument("--out-dir", default=None, help="default: the data/ folder beside the package")
+    d.add_argument("--out-dir", default=None,
+                   help="default: the repository's data/ folder (required when the package is installed)")
 
     e = sub.add_parser("experiment", help="run an experiment of docs/science.md (E1–E7), write NAME.csv and NAME.png")
     e.add_argument("name", help="e1, e2, ... (see README)")
@@ -140,7 +141,8 @@ def cmd_weights(args) -> int:
         raise OptionError(f"--framework {args.framework} sets the scheme and normalization itself; drop "
                           f"{', '.join(given)} (or drop --framework)")
     chats = load_chats(args.file, on_no_assistant="skip" if args.skip_no_assistant else "error")
-    from .hf_tokenizer import load_tokenizer  # torch: imported after the cheap checks, so bad input fails fast
+    # torch is imported only now, after the cheap checks, so bad input fails in a blink
+    from .hf_tokenizer import load_tokenizer
     from .reductions import Scheme
     from .report import weights_summary, weights_table
 
@@ -175,9 +177,12 @@ def cmd_weights(args) -> int:
 
 def cmd_make_data(args) -> int:
     from .outputs import check_output_dir
-    from .report import data_path
+    from .report import data_path, is_source_checkout
     from .synth import SHIPPED, write_shipped
 
+    if args.out_dir is None and not is_source_checkout():
+        raise OptionError(f"make-data: the shipped data is read-only inside the installed package ({data_path()}); "
+                          "pass --out-dir DIR to write a copy")
     out_dir = args.out_dir if args.out_dir is not None else data_path()
     for path in write_shipped(check_output_dir(out_dir, option="--out-dir", files=SHIPPED)):
         print(f"wrote {path}")

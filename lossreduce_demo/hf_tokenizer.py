@@ -286,13 +286,13 @@ def train_chat_tokenizer(conversations, vocab_size: int = SHIPPED_VOCAB_SIZE) ->
 
 
 def write_tokenizer_dir(files: dict[str, str], folder) -> Path:
-    """Write {name: text} into `folder` (each file via a temporary file and os.replace)."""
+    """Write {name: text} into `folder` (each file via a temporary file and os.replace: `outputs.replacing`)."""
+    from .outputs import replacing
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
-        temporary = folder / f".{name}.tmp"
-        temporary.write_text(text, encoding="utf-8", newline="\n")
-        os.replace(temporary, folder / name)
+        with replacing(folder / name, option=None) as temporary:
+            temporary.write_text(text, encoding="utf-8", newline="\n")
     return folder
 
 

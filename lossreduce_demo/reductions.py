@@ -206,6 +206,9 @@ def token_weights(batch: Batch, scheme, stats: BatchStats | None = None) -> torc
     A batch without loss tokens gets all-zero weights (never NaN)."""
     scheme = resolve_l_max(batch, as_scheme(scheme))
     if scheme.name == "length-power" and scheme.length_ref is None:
+        if stats is not None:
+            raise ValueError("length-power with given stats needs the length_ref they were counted with: call "
+                             "with_length_ref on the whole window first")
         scheme = with_length_ref(batch, scheme)
     stats = stats if stats is not None else batch_stats(batch, scheme)
     denom = denominator(scheme, stats)

@@ -124,15 +124,27 @@ def bucket_shares(profile: pd.DataFrame, edges=LENGTH_BUCKETS) -> pd.DataFrame:
 # ---------------------------------------------------------------- notebook helpers
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
 def data_path(name: str = "") -> Path:
-    """Path of a shipped data file (data/NAME next to the package); data_path() is the folder itself."""
-    folder = Path(__file__).resolve().parent.parent / "data"
+    """Path of a shipped data file; data_path() is the folder itself. The data ships inside the package
+    (`lossreduce_demo/data`, package data, so a plain `pip install` has it); in a source checkout that is a link to
+    the repository's `data/` folder (the checkout's `data/` is used directly where links are not supported)."""
+    folder = PACKAGE_DIR / "data"
+    if not folder.is_dir() and is_source_checkout():
+        folder = PACKAGE_DIR.parent / "data"
     path = folder / name
     if name and not path.exists():
         shipped = ", ".join(sorted(p.name for p in folder.glob("*.jsonl")))
         raise FileNotFoundError(f"{path}: no such data file (shipped: {shipped or 'none'}; "
                                 "`python -m lossreduce_demo make-data` regenerates them)")
     return path
+
+
+def is_source_checkout() -> bool:
+    """Whether the package runs from the repository (editable install) rather than from an installed copy."""
+    return (PACKAGE_DIR.parent / "pyproject.toml").is_file()
 
 
 def setup_notebook(seed: int = 0, verbose: bool = True) -> dict:

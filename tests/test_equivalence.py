@@ -23,6 +23,7 @@ from lossreduce_demo.reductions import (
     micro_batch_weights,
     resolve_l_max,
     token_weights,
+    with_length_ref,
 )
 from lossreduce_demo.synth import LengthSpec, make_chats
 from lossreduce_demo.tokenizer import render
@@ -63,7 +64,7 @@ def full_gradient(model, batch, scheme) -> torch.Tensor:
 
 def accumulated_gradient(model, batch, scheme, ranks, micro_batches, normalization) -> torch.Tensor:
     """What R ranks × K accumulation steps produce after DDP's all-reduce (mean over ranks)."""
-    scheme = resolve_l_max(batch, as_scheme(scheme))  # L_max is a constant fixed before micro-batching
+    scheme = with_length_ref(batch, resolve_l_max(batch, as_scheme(scheme)))  # constants fixed before micro-batching
     global_stats = batch_stats(batch, scheme)  # the all-reduced counts of the whole step
     plan = micro_batch_plan(batch.tokens.shape[0], ranks, micro_batches)
     per_rank = []
