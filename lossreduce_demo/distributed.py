@@ -10,8 +10,9 @@ so DDP all-reduces the accumulated gradient once and divides it by R.
 - `local`: each micro-batch normalised by its own counts, times 1/K (the naive `loss / grad_accum`).
 
 Two ways to start it, one code path (`run_rank`):
-- from Python / a notebook: `dp_gradient_errors(...)`, `dp_training(...)` spawn R processes on 127.0.0.1
-  (torch.multiprocessing, spawn), wait with a timeout, and return tidy DataFrames;
+- from Python / a notebook: `dp_gradient_errors(...)`, `dp_training(...)` spawn R processes on this machine
+  (torch.multiprocessing, spawn), wait with a timeout, and return tidy DataFrames. They open no TCP store (a
+  FileStore in a private temporary folder) and gloo listens on the loopback interface only;
 - under torchrun, on one machine or many:
   `torchrun --nproc_per_node=2 -m lossreduce_demo.distributed --scheme token-mean --normalization global`
   (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT come from the environment).
@@ -28,6 +29,7 @@ import gc
 import json
 import math
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -40,7 +42,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .errors import OptionError
+from .errors import OptionError, UserError
 from .layouts import LAYOUTS, Batch, make_layout, token_losses
 from .model import GPT, GPTConfig
 from .reductions import (
@@ -358,10 +360,27 @@ def _set_threads(local_world: int) -> None:
     torch.set_num_threads(int(raw) if raw else max(1, (os.cpu_count() or 1) // max(local_world, 1)))
 
 
-def run_rank(task: DPTask) -> dict:
+def _gather_rows(rows: list[dict], device) -> list[dict]:
+    """Every rank's rows on rank 0 ([] elsewhere), sent as JSON bytes: unlike `gather_object`, nothing a peer
+    sends is unpickled, so a peer can send data but never code."""
+    payload = torch.frombuffer(bytearray(json.dumps(rows).encode()), dtype=torch.uint8).to(device)
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([payload.numel()], device=device))
+    longest = max(int(n) for n in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8, device=device)
+    padded[:payload.numel()] = payload
+    parts = [torch.empty_like(padded) for _ in sizes] if dist.get_rank() == 0 else None
+    dist.gather(padded, parts, dst=0)
+    if dist.get_rank() != 0:
+        return []
+    return [row for part, n in zip(parts, sizes) for row in json.loads(bytes(part[:int(n)].tolist()))]
+
+
+def run_rank(task: DPTask, init_method: str | None = None) -> dict:
     """Run `task` in this process, one rank of an already configured environment (RANK, WORLD_SIZE,
-    MASTER_ADDR, MASTER_PORT, LOCAL_RANK, as torchrun sets them). Returns {"line", "rows"}: rows of all
-    ranks gathered on rank 0, [] elsewhere. The process group is always destroyed, also on error."""
+    MASTER_ADDR, MASTER_PORT, LOCAL_RANK, as torchrun sets them; or `init_method`, e.g. a file:// store, with
+    RANK and WORLD_SIZE). Returns {"line", "rows"}: rows of all ranks gathered on rank 0, [] elsewhere. The
+    process group is always destroyed, also on error."""
     world, local_world = int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
     task = task.check(world, local_world)
     local_rank = int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
@@ -371,7 +390,8 @@ def run_rank(task: DPTask) -> dict:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-    dist.init_process_group(task.backend, timeout=timedelta(seconds=task.timeout_s))
+    where = dict(init_method=init_method, rank=int(os.environ["RANK"]), world_size=world) if init_method else {}
+    dist.init_process_group(task.backend, timeout=timedelta(seconds=task.timeout_s), **where)
     try:
         rank = dist.get_rank()
         line = f"rank {rank}: world_size={dist.get_world_size()} backend={dist.get_backend()}"
@@ -380,12 +400,10 @@ def run_rank(task: DPTask) -> dict:
                 if turn == rank:
                     print(line, flush=True)
                 dist.barrier()
-        rows = (_gradient_rows if task.mode == "gradients" else _training_rows)(task, device)
-        gathered = [None] * dist.get_world_size() if rank == 0 else None
-        dist.gather_object(rows, gathered, dst=0)
+        rows = _gather_rows((_gradient_rows if task.mode == "gradients" else _training_rows)(task, device), device)
         gc.collect()  # free the DDP reducers while their process group is still alive
         dist.barrier()  # leave together: no rank tears down while another is still talking
-        return {"line": line, "rows": [r for part in gathered for r in part] if rank == 0 else []}
+        return {"line": line, "rows": rows}
     finally:
         dist.destroy_process_group()
 
@@ -393,17 +411,31 @@ def run_rank(task: DPTask) -> dict:
 # ---------------------------------------------------------------- spawning R processes from Python
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
-def _spawned_rank(rank: int, world: int, port: int, task: DPTask, out_dir: str) -> None:
+def _loopback_interface() -> str | None:
+    """The loopback interface's name ("lo" on Linux, "lo0" on macOS) for GLOO_SOCKET_IFNAME, if there is one."""
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        return None
+    return next((n for n in names if n == "lo" or (n.startswith("lo") and n[2:].isdigit())), None)
+
+
+def _spawned_rank(rank: int, world: int, task: DPTask, out_dir: str) -> None:
+    """One local rank. No TCP store: the ranks meet in a FileStore inside `out_dir` (a private temporary folder),
+    and gloo's own sockets listen on the loopback interface only. Ctrl-C reaches the whole process group: the
+    ranks ignore it and the parent stops them (one line, no traceback from every rank)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the parent while it started us
     faulthandler.enable()  # a rank killed by a signal (e.g. an abort in C++) still shows its Python stack
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
-    result = run_rank(task)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+    loopback = _loopback_interface()
+    if loopback:
+        os.environ["GLOO_SOCKET_IFNAME"] = loopback
+    result = run_rank(task, init_method=Path(out_dir, "store").as_uri())
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
 
 
@@ -411,12 +443,18 @@ def spawn(fn, ranks: int, args=(), timeout_s: float = 120.0) -> None:
     """Run fn(rank, *args) in `ranks` fresh processes (torch.multiprocessing, spawn) and wait for all of them.
 
     A rank that raises stops the others and raises RuntimeError here; past `timeout_s` every rank is killed and
-    TimeoutError is raised. Either way no process is left behind."""
+    TimeoutError is raised; Ctrl-C (KeyboardInterrupt) or SIGTERM (as the CLI raises it) kill every rank too.
+    Either way no process is left behind: SIGINT and SIGTERM wait while the processes start."""
     import torch.multiprocessing as mp
 
-    ctx = mp.start_processes(fn, args=args, nprocs=ranks, join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout_s
+    masked = hasattr(signal, "pthread_sigmask")
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS) if masked else None
+    ctx = None
     try:
+        ctx = mp.start_processes(fn, args=args, nprocs=ranks, join=False, start_method="spawn")
+        if masked:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)  # a signal that came meanwhile arrives here
+        deadline = time.monotonic() + timeout_s
         while not ctx.join(timeout=max(0.05, min(1.0, deadline - time.monotonic()))):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{ranks} ranks did not finish within {timeout_s:g} s; all were stopped")
@@ -425,17 +463,20 @@ def spawn(fn, ranks: int, args=(), timeout_s: float = 120.0) -> None:
     except mp.ProcessExitedException as err:
         raise RuntimeError(f"a rank died: {err}") from None
     finally:
-        for p in ctx.processes:
+        if masked:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for p in ctx.processes if ctx else ():
             if p.is_alive():
                 p.kill()
             p.join(timeout=10)
 
 
 def run_spawned(task: DPTask, ranks: int = 2) -> tuple[list[dict], list[str]]:
-    """Run `task` on `ranks` local processes; returns (rank 0's rows, every rank's line)."""
+    """Run `task` on `ranks` local processes; returns (rank 0's rows, every rank's line). Their meeting point and
+    results live in a private temporary folder (lossreduce-dp-*), removed afterwards whatever happens."""
     task = task.check(ranks)
     with tempfile.TemporaryDirectory(prefix="lossreduce-dp-") as out_dir:
-        spawn(_spawned_rank, ranks, args=(ranks, free_port(), task, out_dir), timeout_s=task.timeout_s + 30)
+        spawn(_spawned_rank, ranks, args=(ranks, task, out_dir), timeout_s=task.timeout_s + 30)
         results = [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(ranks)]
     return results[0]["rows"], [r["line"] for r in results]
 
@@ -528,7 +569,18 @@ def _torchrun_main(argv=None) -> int:
                     "dp-check`, which starts the processes itself)")
     task = DPTask(product_configs(args.data, args.scheme, args.micro_batches, args.normalization),
                   alpha=args.alpha, rows_per_rank=args.rows_per_rank, backend=args.backend, verbose=True)
-    result = run_rank(task)
+    try:
+        result = run_rank(task)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except dist.DistNetworkError as err:
+        if "EADDRINUSE" not in str(err):
+            raise
+        print(f"error: MASTER_PORT={os.environ['MASTER_PORT']} on {os.environ['MASTER_ADDR']} is already in use "
+              "(another job?); choose a free port (torchrun --master_port=PORT, or torchrun --standalone)",
+              file=sys.stderr)
+        return 2
     if int(os.environ["RANK"]) == 0:
         value = max(r["value"] for r in result["rows"] if r["metric"] == "max_rel_grad_diff")
         print(result_line(value), flush=True)
@@ -536,7 +588,7 @@ def _torchrun_main(argv=None) -> int:
 
 
 __all__ = ["DPTask", "dp_gradient_errors", "dp_training", "dp_check_main", "global_batch", "run_rank",
-           "run_spawned", "spawn", "product_configs", "local_vs_global", "free_port", "ddp_backward",
+           "run_spawned", "spawn", "product_configs", "local_vs_global", "ddp_backward",
            "global_stats", "global_l_max", "wrap_ddp", "max_rel_diff", "result_line"]
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from . import layouts, plots, reductions, report, synth
+from .outputs import check_output_dir, replacing
 
 README_FIGURES = {
     "chat_template.png": "The George Washington chat through the template: tokens by role, loss tokens underlined.",
@@ -31,11 +32,12 @@ def readme_figures() -> dict:
 
 
 def write_figures(out_dir="docs/figures") -> list[Path]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write every README figure into `out_dir` (checked first; each PNG via a temporary file)."""
+    out = check_output_dir(out_dir, option=None, files=README_FIGURES)
     paths = []
     for name, fig in readme_figures().items():
-        fig.savefig(out / name, dpi=110, metadata={"Software": None})
+        with replacing(out / name, option=None) as tmp:
+            fig.savefig(tmp, dpi=110, metadata={"Software": None})
         paths.append(out / name)
     return paths
 

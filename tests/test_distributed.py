@@ -165,3 +165,72 @@ def test_bad_settings_are_clear_errors():
         DPTask(product_configs(normalizations="mean")).check(2)
     with pytest.raises(ValueError, match="backend"):
         DPTask(backend="mpi").check(2)
+
+
+# ------------------------------------------------------------------ signals, temporary files, exposure
+
+
+def _start_dp_check(tmp_path):
+    """dp-check in its own session (so a Ctrl-C can reach its whole process group), temporary files in
+    tmp_path; returns the process once both ranks are up (their group formed, gloo listening)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(tmp_path), LOSSREDUCE_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "lossreduce_demo", "dp-check", "--ranks", "2"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith("rank 1: world_size=2"):
+            return proc
+    raise AssertionError(f"dp-check ended before its ranks were up: {proc.wait()}, {proc.stderr.read()}")
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("how, status, said", [
+    ("SIGTERM to the parent", 143, "error: dp-check terminated (SIGTERM); stopped, nothing half-written\n"),
+    ("Ctrl-C to the group", 130, "error: dp-check interrupted (Ctrl-C); stopped, nothing half-written\n"),
+])
+def test_dp_check_stops_its_ranks_and_removes_its_files_on_sigterm_and_ctrl_c(tmp_path, how, status, said):
+    """The ranks are paused (SIGSTOP) once up, so the signal always lands mid-run; on resume they ignore the
+    Ctrl-C and the parent kills them. Local ranks listen on the loopback interface only, the parent not at all."""
+    import signal
+
+    psutil = pytest.importorskip("psutil")
+    proc = _start_dp_check(tmp_path)
+    parent = psutil.Process(proc.pid)
+    ranks = [p for p in parent.children(recursive=True) if "resource_tracker" not in " ".join(p.cmdline())]
+    assert len(ranks) == 2 and list(tmp_path.glob("lossreduce-dp-*"))
+    listening = [c.laddr.ip for p in [parent, *ranks] for c in p.net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert listening and set(listening) <= {"127.0.0.1", "::1"}, listening
+    assert not [c for c in parent.net_connections("inet") if c.status == psutil.CONN_LISTEN]  # no TCP store
+    for rank in ranks:
+        rank.suspend()
+    if how.startswith("SIGTERM"):
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+        for rank in ranks:
+            rank.resume()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == status and err == said, (proc.returncode, err)
+    assert "max relative gradient difference" not in out
+    assert not any(rank.is_running() and rank.status() != psutil.STATUS_ZOMBIE for rank in ranks)
+    assert list(tmp_path.glob("lossreduce-dp-*")) == []
+
+
+@pytest.mark.timeout(120)
+def test_a_busy_master_port_is_one_line_naming_it():
+    """Launched by hand (RANK, WORLD_SIZE, MASTER_* set, as a scheduler would), rank 0 opens the store on
+    MASTER_PORT; a port already taken is one clear line. (torchrun's own launcher binds the port before this
+    module runs and reports a busy --master_port itself: README.)"""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=str(ROOT), RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), LOSSREDUCE_THREADS="1")
+        proc = subprocess.run([sys.executable, "-m", "lossreduce_demo.distributed"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"error: MASTER_PORT={port} on 127.0.0.1 is already in use (another job?); choose a "
+                           "free port (torchrun --master_port=PORT, or torchrun --standalone)\n")
