@@ -334,20 +334,31 @@ def weight_formula(rec: Recipe, micro_batches: int | None = None) -> str:
     return f"{top}/" + (factors[0] if len(factors) == 1 else "(" + "·".join(factors) + ")")
 
 
+def option_settings(name: str) -> list[dict]:
+    """Every combination of the preset's enumerated options (the open-ended ones at their defaults)."""
+    fw = framework(name)
+    finite = [k for k in fw if fw[k].allowed is not None]
+    return [dict(zip(finite, values)) for values in itertools.product(*(fw[k].allowed for k in finite))]
+
+
+def spell(options: dict) -> str:
+    """Options as the library spells them: `loss_type='dr_grpo', max_completion_length=64`."""
+    text = ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in options.items())
+    return text or "(the recipe)"
+
+
 def option_table(micro_batches: int = 4) -> list[dict]:
     """One row per preset and value of its enumerated options (others at their defaults), plus TRL's token-level
     losses with a generation batch of S != K steps: the option as the library spells it, the core's
     scheme × normalisation and the weight of a token (README's table)."""
     rows = []
     for name, fw in FRAMEWORKS.items():
-        finite = [k for k in fw if fw[k].allowed is not None]
-        settings = [dict(zip(finite, v)) for v in itertools.product(*(fw[k].allowed for k in finite))]
+        settings = option_settings(name)
         if name == "trl-grpo":
             settings.append({"loss_type": "dapo", "steps_per_generation": 2 * micro_batches})
         for options in settings:
             rec = fw.recipe(micro_batches=micro_batches, **options)
-            spelled = ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in options.items())
-            rows.append({"framework": name, "option": spelled or "(the recipe)", "version": fw.version,
+            rows.append({"framework": name, "option": spell(options), "version": fw.version,
                          "scheme": rec.scheme.label, "normalization": rec.normalization,
                          "weight": weight_formula(rec, micro_batches)})
     return rows

@@ -363,3 +363,85 @@ def state_is_finite(state) -> bool:
     if isinstance(state, (float, int, np.floating)):
         return math.isfinite(float(state))
     return True
+
+
+# ---------------------------------------------------------------- your framework (notebook 07)
+
+COMPLETION_LENGTHS = (2, 3, 3, 4, 4, 5, 6, 6, 8, 10, 12, 14, 18, 22, 26, 30)  # short first: micro-batches differ
+TRUNCATED_ROW = 6  # the completion masked by "mask_truncated_completions"
+
+
+class FrameworkExplorer(_App):
+    """A real library's option (`frameworks`), GA steps K and ranks R → the weight of every token on a batch of
+    16 completions, and each sample's error against the same option on the full batch (R = K = 1)."""
+
+    def __init__(self, framework: str = "trl-grpo", option: dict | None = None, micro_batches: int = 4,
+                 ranks: int = 2, mask_truncated: bool = True):
+        from .frameworks import FRAMEWORKS
+
+        self.framework = W.Dropdown(options=list(FRAMEWORKS), value=framework, description="framework",
+                                    style=_STYLE)
+        self.option = W.Dropdown(description="option", style=_STYLE, layout=W.Layout(width="520px"))
+        self._fill_options(option)
+        self.micro_batches = _slider(W.IntSlider, micro_batches, 1, 8, 1, "GA steps K")
+        self.ranks = _slider(W.IntSlider, ranks, 1, 4, 1, "ranks R")
+        self.mask_truncated = W.Checkbox(value=mask_truncated, style=_STYLE,
+                                         description="one truncated completion fully masked")
+        self.headline = W.HTML()
+        super().__init__([[self.framework, self.option], [self.micro_batches, self.ranks, self.mask_truncated]])
+        self.framework.unobserve(self._changed, names="value")
+        self.framework.observe(self._framework_changed, names="value")
+        self.widget.children = self.widget.children[:-2] + (self.headline,) + self.widget.children[-2:]
+        self.update()
+
+    def _fill_options(self, option: dict | None = None) -> None:
+        from .frameworks import option_settings, spell
+
+        settings = option_settings(self.framework.value)
+        self.option.options = [(spell(s), i) for i, s in enumerate(settings)]
+        self._settings = settings
+        self.option.value = settings.index(option) if option in settings else 0
+
+    def _framework_changed(self, _change) -> None:
+        with self.hold():  # repopulating the option list must not update with a stale option
+            self._fill_options()
+
+    def batch(self) -> Batch:
+        masked = (TRUNCATED_ROW,) if self.mask_truncated.value else ()
+        return _completions(masked)
+
+    def _compute(self, notes):
+        from .frameworks import framework, placed_weights, spell, weight_formula
+
+        name, options = self.framework.value, self._settings[self.option.value]
+        R, K, batch = self.ranks.value, self.micro_batches.value, self.batch()
+        fw = framework(name)
+        rec = fw.recipe(micro_batches=K, **options)
+        effective, rank, step = placed_weights(batch, name, ranks=R, micro_batches=K, **options)
+        ideal = placed_weights(batch, name, **options)[0]
+        if R * K > batch.shape[0]:
+            notes.append(f"R·K = {R * K} > {batch.shape[0]} rows: some micro-batches are empty (they add nothing).")
+        error = max_relative_error(effective, ideal, batch.loss_mask)
+        eff, ref = length_profile(batch, effective), length_profile(batch, ideal)
+        per_sample = pd.DataFrame({"sample": ref["sample"], "length": ref.length, "ideal": ref.weight_per_token,
+                                   "effective": eff.weight_per_token})
+        per_sample["error"] = (per_sample.effective - per_sample.ideal) / per_sample.ideal
+        formula = weight_formula(rec, K)
+        state = {"framework": name, "version": fw.version, "option": options, "spelled": rec.spelled,
+                 "scheme": rec.scheme.label, "normalization": rec.normalization, "formula": formula,
+                 "ranks": R, "micro_batches": K, "max_rel_error": error, "per_sample": per_sample,
+                 "total_weight": float(effective.sum()), "ideal_total_weight": float(ideal.sum())}
+        verdict = "exact" if error < 1e-9 else f"{error:.1%}"
+        self.headline.value = (f"<b>{_escape(fw.version)}</b>: <code>{_escape(rec.spelled)}</code> → "
+                               f"{_escape(rec.scheme.label)} × {rec.normalization}, weight of a token "
+                               f"<b>{_escape(formula)}</b>; max error vs the full batch: <b>{verdict}</b>")
+        title = f"{name}: {spell(options)}\nR={R}, K={K}: max relative error vs the full batch {verdict}"
+        return state, lambda: {"weights": plots.effective_vs_ideal(batch, effective, ideal, rank=rank, step=step,
+                                                                   title=title)}
+
+
+@lru_cache(maxsize=4)
+def _completions(masked: tuple) -> Batch:
+    from .layouts import completion_batch
+
+    return completion_batch(COMPLETION_LENGTHS, masked=masked)

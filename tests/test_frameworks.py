@@ -10,7 +10,6 @@ Weights are compared as gradients: with the per-token losses as leaves, d(loss)/
 
 from __future__ import annotations
 
-import itertools
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -25,9 +24,9 @@ from hypothesis import strategies as st
 from lossreduce_demo import frameworks, reductions
 from lossreduce_demo.frameworks import FRAMEWORKS, effective_weights, placed_weights, recipe, weight_formula
 from lossreduce_demo.layouts import IGNORE_INDEX, completion_batch, make_layout
+from lossreduce_demo.real_trainer import causal_lm_labels, trainer_vs_preset
 from lossreduce_demo.reductions import micro_batch_plan
 from lossreduce_demo.synth import make_chats
-from lossreduce_demo.tokenizer import BOS, EOT, PAD
 
 try:
     import transformers  # noqa: F401
@@ -57,11 +56,6 @@ def chat_batch(n=12, seed=0):
     return make_layout(make_chats(n, seed=seed), "multiturn")
 
 
-def every_option_combination(name):
-    fw = FRAMEWORKS[name]
-    finite = [k for k in fw if fw[k].allowed is not None]
-    for values in itertools.product(*(fw[k].allowed for k in finite)):
-        yield dict(zip(finite, values))
 
 
 # ---------------------------------------------------------------- the interface
@@ -105,7 +99,7 @@ def test_bad_names_options_and_values_get_one_clear_error(call, message):
 
 
 @PROPERTY
-@given(name_options=st.sampled_from([(n, o) for n in FRAMEWORKS for o in every_option_combination(n)]),
+@given(name_options=st.sampled_from([(n, o) for n in FRAMEWORKS for o in frameworks.option_settings(n)]),
        R=st.integers(1, 3), K=st.integers(1, 3), masked=st.lists(st.integers(0, 11), max_size=3))
 def test_every_preset_gives_finite_non_negative_weights_only_on_loss_tokens(name_options, R, K, masked):
     name, options = name_options
@@ -118,11 +112,6 @@ def test_every_preset_gives_finite_non_negative_weights_only_on_loss_tokens(name
 
 
 # ---------------------------------------------------------------- transformers
-
-
-def causal_lm_labels(batch):
-    """What a collator gives the Trainer: labels = input ids, -100 where the token is not trained on."""
-    return torch.where(batch.loss_mask, batch.tokens, IGNORE_INDEX)
 
 
 def trainer_standin(average_tokens_across_devices, ranks, local_counts):
@@ -198,60 +187,14 @@ def test_transformers_causal_lm_loss_and_token_count_equal_the_preset(ranks, mic
         assert rel_diff(rank_local, fixed) > 1e-2
 
 
-def tiny_gpt2(n_positions):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=264, n_positions=n_positions, n_embd=16, n_layer=2, n_head=2, resid_pdrop=0.0,
-                        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=BOS, eos_token_id=EOT, pad_token_id=PAD,
-                        loss_type="ForCausalLM")
-    return GPT2LMHeadModel(config)
-
-
-def trainer_step_gradient(batch, micro_batch_size, micro_batches, model_accepts_loss_kwargs, tmp_path):
-    """The gradient a real `transformers.Trainer` accumulates over one optimizer step (seen by a callback's
-    `on_pre_optimizer_step`; clipping off), rows in order (sequential sampler), no download (random init)."""
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-
-    class GradientProbe(TrainerCallback):
-        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-            self.grad = torch.cat([p.grad.flatten().clone() for p in model.parameters()])
-
-    labels = causal_lm_labels(batch)
-    attention = (batch.segment_id >= 0).long()
-    rows = [{"input_ids": batch.tokens[i], "attention_mask": attention[i], "labels": labels[i]}
-            for i in range(batch.shape[0])]
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=micro_batch_size,
-                             gradient_accumulation_steps=micro_batches, max_steps=1, use_cpu=True, report_to=[],
-                             train_sampling_strategy="sequential", logging_strategy="no", save_strategy="no",
-                             disable_tqdm=True, learning_rate=1e-3, max_grad_norm=0.0, seed=0)
-    probe = GradientProbe()
-    trainer = Trainer(model=tiny_gpt2(batch.shape[1]), args=args, train_dataset=rows, callbacks=[probe])
-    trainer.model_accepts_loss_kwargs = model_accepts_loss_kwargs  # False: a model without loss kwargs
-    trainer.train()
-    return probe.grad
-
-
-def reference_gradient(batch, weights):
-    """The same model and init, one forward on the whole batch, backward on sum(w · per-token loss)."""
-    model = tiny_gpt2(batch.shape[1])
-    logits = model(input_ids=batch.tokens, attention_mask=(batch.segment_id >= 0).long()).logits
-    losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), batch.tokens[:, 1:], reduction="none")
-    (weights[:, 1:].float() * losses).sum().backward()
-    return torch.cat([p.grad.flatten() for p in model.parameters()])
-
-
 @needs_extra
-def test_a_real_trainer_step_with_gradient_accumulation_equals_the_preset(tmp_path):
+def test_a_real_trainer_step_with_gradient_accumulation_equals_the_preset():
+    """real_trainer: a real `Trainer` step, GA 3 over micro-batches of 2 rows (token counts differ), on a tiny GPT-2."""
     batch = chat_batch(n=6, seed=3)
-    K = 3  # micro-batches of 2 rows: token counts differ, so the naive mean is visibly wrong
-    grads = {}
-    for accepts in (True, False):
-        real = trainer_step_gradient(batch, 2, K, accepts, tmp_path)
-        w = effective_weights(batch, "transformers", micro_batches=K, num_items_in_batch=accepts)
-        grads[accepts] = reference_gradient(batch, w)
-        assert rel_diff(real, grads[accepts]) <= REL, accepts
-    assert rel_diff(grads[False], grads[True]) > 1e-2  # negative control: naive vs fixed
+    checks = {accepts: trainer_vs_preset(batch, 2, 3, num_items_in_batch=accepts) for accepts in (True, False)}
+    for accepts, check in checks.items():
+        assert check["rel_diff"] <= REL, accepts
+    assert rel_diff(checks[False]["preset"], checks[True]["preset"]) > 1e-2  # negative control: naive vs fixed
 
 
 # ---------------------------------------------------------------- TRL GRPO
@@ -456,3 +399,42 @@ def test_weight_formulas_name_the_window_each_preset_normalises_over():
     assert weight_formula(recipe("trl-grpo", loss_type="dr_grpo")) == "1/(K·R·M_rk·L)"
     assert weight_formula(recipe("trl-grpo", micro_batches=4, steps_per_generation=2), 4) == "S/(K·N_S)"
     assert weight_formula(recipe("verl", loss_agg_mode="seq-mean-token-sum-norm")) == "1/(M·L_rk)"
+
+
+# ---------------------------------------------------------------- notebook 07's exercises
+
+
+@pytest.mark.parametrize("check, right, wrong", [
+    ("check_1", 3, 1),
+    ("check_2", ["dapo", "cispo", "vespo", "dr_grpo", "luspo"], ["dapo", "cispo", "vespo"]),
+    ("check_3", 64, 512),
+    ("bug_1", 124 / 128, 1.0),
+    ("bug_2", 5.5, 1.0),
+    ("bug_3", 4, 1),
+    ("bug_4", 9, 1),
+    ("bug_5", "logged/8", "logged"),
+])
+def test_notebook_07_checkers_accept_the_solution_and_reject_a_wrong_answer(check, right, wrong, capsys):
+    """The answers of exercises/solutions.md; the checkers recompute them from the presets and restated bugs."""
+    from lossreduce_demo.exercises import nb07
+
+    logged = nb07.logged()
+    value = {"logged/8": logged / 8, "logged": logged}
+    checker = getattr(nb07, check)
+    assert checker(value.get(right, right) if isinstance(right, str) else right) is True
+    assert checker(value.get(wrong, wrong) if isinstance(wrong, str) else wrong) is False
+    assert checker(None) is None and "Not answered yet" in capsys.readouterr().out
+
+
+def test_the_restated_bugs_differ_from_the_presets_they_break():
+    """Negative controls for the find-the-bug exercises: each buggy weight map is not the library's fixed one."""
+    from lossreduce_demo.exercises import nb07
+
+    batch = completion_batch([4, 4, 40, 40])
+    buggy = nb07.weights_of(lambda losses, mask: nb07.verl_623_loss(losses, mask, mini_batch_rows=4), batch)
+    assert rel_diff(buggy, effective_weights(batch, "verl", micro_batches=2)) > 1e-2
+    batch = completion_batch([6, 12, 30, 48])
+    horizon = nb07.weights_of(nb07.verl_3741_loss, batch)
+    fixed = effective_weights(batch, "verl", micro_batches=2, loss_agg_mode="seq-mean-token-sum-norm",
+                              loss_scale_factor=48.0)
+    assert rel_diff(horizon, fixed) > 1e-2

@@ -189,3 +189,48 @@ def test_weight_explorer_reacts_to_a_comm_update_in_a_real_kernel(tmp_path):
     assert state["scheme"] == "length-power α=0" and state["message"] == ""
     assert math.isclose(state["ratio"], state["spread"]) and state["spread"] > 1  # α = 0 is seq-mean-token-mean
     assert state["figures"] == ["buckets", "heatmap", "length"]
+
+
+# ---------------------------------------------------------------- FrameworkExplorer (notebook 07)
+
+
+def test_framework_explorer_lists_each_frameworks_options_as_the_library_spells_them():
+    from lossreduce_demo.frameworks import FRAMEWORKS, option_settings, spell
+
+    app = widgets.FrameworkExplorer(micro_batches=4, ranks=2)
+    for name in FRAMEWORKS:
+        app.framework.value = name
+        assert [label for label, _ in app.option.options] == [spell(s) for s in option_settings(name)]
+        assert app.state["framework"] == name and app.state["option"] == option_settings(name)[0]
+        assert widgets.state_is_finite(app.state) and app.state["message"] == ""
+    app.framework.value = "trl-grpo"
+    assert "loss_type='dr_grpo'" in [label for label, _ in app.option.options]
+
+
+def test_framework_explorer_error_is_the_presets_own_and_zero_where_the_library_is_exact():
+    from lossreduce_demo.frameworks import effective_weights
+
+    app = widgets.FrameworkExplorer(framework="transformers", micro_batches=4, ranks=2)
+    assert app.state["max_rel_error"] < 1e-12 and app.state["formula"] == "1/N"
+    assert "exact" in app.headline.value and "average_tokens_across_devices=True" in app.headline.value
+    naive = app.set(option=2)  # num_items_in_batch=False: the per-micro-batch mean / K
+    batch = app.batch()
+    w = effective_weights(batch, "transformers", ranks=2, micro_batches=4, num_items_in_batch=False)
+    ideal = effective_weights(batch, "transformers", num_items_in_batch=False)
+    expected = float(((w - ideal).abs()[batch.loss_mask] / ideal[batch.loss_mask]).max())
+    assert naive["max_rel_error"] == pytest.approx(expected, rel=1e-12) and expected > 0.5
+    assert f"{expected:.1%}" in app.headline.value
+    # verl's default Dr. GRPO horizon is each micro-batch's padded width: not the full batch's
+    horizon = app.set(framework="verl", option=4)
+    assert horizon["formula"] == "1/(M·L_rk)" and horizon["max_rel_error"] > 1
+    assert app.set(ranks=1, micro_batches=1)["max_rel_error"] < 1e-12
+
+
+def test_framework_explorer_a_masked_completion_still_counts_in_trl_grpos_b():
+    """grpo's per-row mean counts the fully masked row: the other rows keep exactly their weights (M = 16 either
+    way); a scheme that drops it from B (reductions' default) would raise them by 16/15."""
+    app = widgets.FrameworkExplorer(framework="trl-grpo", option={"loss_type": "grpo"}, micro_batches=1, ranks=1)
+    with_masked = app.state["per_sample"].set_index("sample").effective
+    without = app.set(mask_truncated=False)["per_sample"].set_index("sample").effective
+    assert widgets.TRUNCATED_ROW not in with_masked.index and widgets.TRUNCATED_ROW in without.index
+    assert (with_masked / without.loc[with_masked.index]).to_numpy() == pytest.approx([1.0] * len(with_masked))

@@ -310,6 +310,9 @@ def effective_vs_ideal(batch: Batch, effective, ideal, *, rank=None, step=None, 
     positive = values[values > 0]
     if positive.size and positive.max() < 1.5 * positive.min():  # (nearly) uniform weights: show a decade around them, not rounding noise
         top.set_ylim(positive.min() / 3, positive.max() * 3)
+    if positive.size and positive.max() < 30 * positive.min():  # under ~1.5 decades: label powers of 2 too
+        top.yaxis.set_major_locator(LogLocator(base=2))
+        top.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
     top.set_ylabel("weight per token")
     handles = [Patch(color=PALETTE[i % len(PALETTE)], label=f"rank {r}, micro-batch {k}")
                for (r, k), i in list(order.items())[:8]]

@@ -85,3 +85,35 @@ def test_training_button_shows_result(page, lab, screenshots):
     page.screenshot(path=screenshots / "lab_04_2_trained.png")
     new = [src for src in cell.evaluate(OUTPUT_IMAGES) if src not in before]
     assert new and all(src.startswith("data:image/png") for src in new)
+
+
+def test_framework_explorer_dropdowns_and_slider_redraw_the_weights(page, lab, screenshots):
+    """Notebook 07: pick Megatron, then its per-token option, then move GA steps: plot and headline follow."""
+    from playwright.sync_api import expect
+
+    open_notebook(page, lab, "07_your_framework.ipynb")
+    run_all(page, timeout_s=120)
+    cell = page.locator(".jp-CodeCell").filter(has=page.locator(".widget-dropdown")).filter(
+        has=page.locator(".widget-output img")).first
+    output = cell.locator(".widget-output").first
+    headline = cell.locator(".widget-html").filter(has_text="max error vs the full batch").first
+    expect(headline).to_contain_text("TRL 1.16.0")
+    cell.scroll_into_view_if_needed()
+    page.screenshot(path=screenshots / "lab_07_1_ran_all.png")
+
+    before = image_src(output)
+    cell.locator(".widget-dropdown select").first.select_option("megatron")
+    expect(headline).to_contain_text("calculate_per_token_loss=True")
+    expect(headline).to_contain_text("max error vs the full batch: exact")
+    after_framework = wait_for_new_image(output, before)
+
+    cell.locator(".widget-dropdown select").nth(1).select_option(label="calculate_per_token_loss=False")
+    expect(headline).to_contain_text(re.compile(r"1/\(K·R·N_rk\).*max error vs the full batch: \d+\.\d%"))
+    after_option = wait_for_new_image(output, after_framework)
+    text_before = headline.inner_text()
+    old, new = nudge_slider(cell.locator(".widget-slider").first)  # GA steps K
+    expect(headline).not_to_have_text(text_before)
+    after_slider = wait_for_new_image(output, after_option)
+    cell.scroll_into_view_if_needed()
+    page.screenshot(path=screenshots / "lab_07_2_megatron_default.png")
+    assert old != new and len({before, after_framework, after_option, after_slider}) == 4
