@@ -19,7 +19,7 @@ import signal
 import sys
 import warnings
 
-from .errors import InputWarning, OptionError, UserError
+from .errors import InputWarning, OptionError, UserError, shown
 
 # Bounds of the options (README, "Errors, warnings and bounds").
 MAX_RANKS = 1024  # weights --ranks (simulated)
@@ -38,9 +38,9 @@ def _option(parse, kind: str, ok, requirement: str):
         try:
             value = parse(text)
         except (ValueError, OverflowError):
-            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {shown(text)}") from None
         if not ok(value):
-            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text if len(text) <= 40 else shown(text)}")
         return value
 
     return convert
@@ -50,8 +50,8 @@ def bounded(low, high=None, kind: str = "int"):
     """A whole number (kind="int") or a finite number ("float") in [low, high] (high None: no upper bound)."""
     parse, noun = (int, "a whole number") if kind == "int" else (float, "a number")
     requirement = f">= {low}" if high is None else f"between {low} and {high}"
-    return _option(parse, noun, lambda v: math.isfinite(v) and v >= low and (high is None or v <= high),
-                   requirement)
+    return _option(parse, noun, lambda v: (kind == "int" or math.isfinite(v)) and low <= v
+                   and (high is None or v <= high), requirement)
 
 
 _finite_float = _option(float, "a number", math.isfinite, "finite")

@@ -21,6 +21,7 @@ import warnings
 from dataclasses import asdict, dataclass
 
 from .chats import Conversation, Message
+from .errors import InputWarning
 from .tokenizer import render
 
 TASKS = ("copy", "rev", "next")
@@ -217,5 +218,5 @@ def write_shipped(out_dir) -> list:
     try:
         written.append(write_shipped_tokenizer(out_dir, SHIPPED["default_chats.jsonl"]()))
     except FrameworksMissing as error:
-        warnings.warn(f"{out_dir / SHIPPED_TOKENIZER} not written: {error}", stacklevel=2)
+        warnings.warn(InputWarning(f"{out_dir / SHIPPED_TOKENIZER} not written: {error}"), stacklevel=2)
     return written

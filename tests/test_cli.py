@@ -227,6 +227,8 @@ def test_no_assistant_error_names_the_cli_flag(tmp_path, capsys):
     ("--row-len", "0", "argument --row-len: must be between 1 and 1048576"),
     ("--row-len", "1000000000", "argument --row-len: must be between 1 and 1048576"),
     ("--ranks", "10000000", "argument --ranks: must be between 1 and 1024"),
+    ("--ranks", "9" * 400, "argument --ranks: must be between 1 and 1024"),  # too big for a float, still an int
+    ("--ranks", "9" * 5000, "argument --ranks: expected a whole number"),  # past Python's int-conversion limit
     ("--micro-batches", "10000000", "argument --micro-batches: must be between 1 and 1024"),
     ("--scheme", "mean", "argument --scheme: invalid choice: 'mean'"),
     ("--format", "chatml", "argument --format: invalid choice: 'chatml'"),
