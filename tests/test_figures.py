@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from figure_checks import assert_readable
 from matplotlib.figure import Figure
 
 from lossreduce_demo.figures import README_FIGURES, readme_figures
@@ -16,5 +17,6 @@ def test_readme_figures_are_generated_and_shipped():
     for name, fig in figures.items():
         assert isinstance(fig, Figure)
         assert any(ax.get_xlabel() for ax in fig.axes) and any(ax.get_ylabel() for ax in fig.axes), name
+        assert_readable(fig)
         assert (ROOT / "docs" / "figures" / name).stat().st_size > 10_000
         assert f"docs/figures/{name}" in readme

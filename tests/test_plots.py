@@ -1,18 +1,31 @@
-"""Every plot of plots/weights.py returns a Figure with labelled axes and leaves pyplot alone; the per-sample
-profiles behind them (report.length_profile / bucket_shares) add up."""
+"""Every plot function of lossreduce_demo.plots returns a readable Figure (tests/figure_checks.py: ≥ 2 labelled
+ticks on every data axis, bars from 0 on linear axes, legends off the data, no text cut off) with labelled axes and
+its headline number, and leaves pyplot alone; the per-sample profiles behind them add up.
+
+The training, RL and data-parallel plots get tidy tables in the shapes the package produces (columns of
+train.HISTORY_COLUMNS / experiments.COLUMNS / rl.wide_metrics), with values in the ranges the README reports,
+including the awkward ones (a ratio staying within 0.93–1.14 on a log axis, exact zeros, nearly equal bars).
+"""
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from figure_checks import assert_readable, figure_problems, figure_text
 from hypothesis import given
 from hypothesis import strategies as st
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from lossreduce_demo import plots, report, synth
+from lossreduce_demo import plots, report, rl, synth
 from lossreduce_demo.layouts import LAYOUTS, make_layout, multiturn_layout
+from lossreduce_demo.plots import rl as rl_plots
 from lossreduce_demo.reductions import SCHEMES, Scheme, effective_weights, token_weights
 
 CONVS = synth.make_chats(6, turns=(1, 3), seed=3)
@@ -25,25 +38,157 @@ def _eff():
     return plots.effective_vs_ideal(BATCH, w, WEIGHTS["token-mean"], rank=rank, step=step)
 
 
+def _history() -> pd.DataFrame:
+    """A train() history: two runs whose bucket curves coincide (seq-mean and naive GA with micro-batch 1)."""
+    rows = []
+    runs = {"token-mean": 1.0, "seq-mean-token-mean": 0.8, "token-mean (naive GA, micro-batch 1)": 0.8}
+    for run, factor in runs.items():
+        for step in range(0, 101, 10):
+            decay = np.exp(-step / 30)
+            for metric, value in (("heldout_loss", 0.05 + 4 * decay), ("p_long", 0.02 + 0.15 * decay * factor)):
+                rows.append(dict(seed=0, run=run, scheme=run.split(" (")[0], step=step, metric=metric, bucket=None,
+                                 value=value))
+            for bucket, base in (("1-8", 0.02), ("33-64", 0.15 * factor)):
+                rows.append(dict(seed=0, run=run, scheme=run.split(" (")[0], step=step, metric="heldout_loss",
+                                 bucket=bucket, value=base + 4 * decay))
+    return pd.DataFrame(rows)
+
+
+def _p_long_table() -> pd.DataFrame:
+    cases = {"seq-mean-token-mean": (0.018, 0.019), "token-mean": (0.151, 0.148), "token-sum": (0.186, 0.186)}
+    return pd.DataFrame([dict(run=run, scheme=run, metric="p_long", seed=seed, value=m + 0.002 * seed, predicted=p)
+                         for run, (m, p) in cases.items() for seed in range(3)])
+
+
+def _e2_table() -> pd.DataFrame:
+    rows = []
+    for data in ("mixed lengths", "equal lengths"):
+        for ga, naive in zip((1, 2, 4, 8, 16), (0, 0.06, 0.25, 0.34, 0.40)):
+            for norm, value in (("local", naive if data == "mixed lengths" else 1e-5), ("global", 1e-5 if ga > 1 else 0)):
+                rows.append(dict(format=data, normalization=norm, grad_accum=ga, micro_batch_size=16 // ga,
+                                 metric="rel_weight_distance", value=value, predicted=None))
+    for mb, (value, pred) in zip((1, 2, 4, 8), ((0.018, 0.020), (0.036, 0.038), (0.068, 0.072), (0.105, 0.117))):
+        rows.append(dict(format="mixed lengths", normalization="local", micro_batch_size=mb, grad_accum=16 // mb,
+                         metric="p_long", value=value, predicted=pred))
+    return pd.DataFrame(rows)
+
+
+def _e4_table() -> pd.DataFrame:
+    cases = {("A", "seq-mean-token-mean"): 0.02, ("A", "token-mean"): 0.18, ("B", "turn-mean"): 0.02,
+             ("B", "seq-mean-token-mean"): 0.05, ("B", "token-mean"): 0.18}
+    return pd.DataFrame([dict(format=f, scheme=sc, metric="p_long", seed=0, value=v * 1.05, predicted=v)
+                         for (f, sc), v in cases.items()])
+
+
+def _e5_table() -> pd.DataFrame:
+    rows = [dict(metric="sgd_final_heldout_loss", scheme=sc, lr=lr, seed=0, value=v)
+            for sc, best in (("token-mean", 0.5), ("token-sum", 0.5 / 250))
+            for lr in (1e-4, 1e-3, 1e-2, 1e-1, 1.0) for v in [min(10.0, 0.2 + abs(np.log10(lr / best)))]]
+    rows += [dict(metric="final_heldout_loss", scheme=sc, seed=s, value=0.101 + 0.001 * s)
+             for sc in ("token-sum", "token-sum / C", "token-mean") for s in range(3)]
+    return pd.DataFrame(rows)
+
+
+def _turn_buckets() -> pd.DataFrame:
+    rows = []
+    for scheme, short in (("token-mean", 0.3), ("seq-mean-token-mean", 0.75)):
+        for bucket, token_share in (("1-8", 0.29), ("9-16", 0.2), ("33-64", 0.51)):
+            share = short if bucket == "1-8" else (1 - short) * token_share / 0.71
+            rows.append(dict(scheme=scheme, normalization="global", bucket=bucket, token_share=token_share,
+                             weight_share=share, gradient_share=share))
+    return pd.DataFrame(rows)
+
+
+def _rl_wide(task) -> pd.DataFrame:
+    """Per-step metrics of three recipes × two seeds: GRPO's ratio climbs to ~4, the others stay in 0.93–1.14."""
+    rows = []
+    for algorithm, scheme, top in (("GRPO", "seq-mean-token-mean", 4.4), ("DAPO", "token-mean", 1.14),
+                                   ("Dr. GRPO", "seq-mean-token-sum-norm", 0.93)):
+        for seed in range(2):
+            for step in range(0, 60, 2):
+                t = step / 58
+                rows.append(dict(algorithm=algorithm, scheme=scheme, seed=seed, step=step,
+                                 expected_reward=0.2 + 0.65 * t ** (0.8 + 0.2 * seed),
+                                 long_short_wrong_ratio=1 + (top - 1) * t, long_short_right_ratio=1 + (0.12 - 1) * t
+                                 if algorithm == "GRPO" else 1 - 0.1 * t,
+                                 mean_length_wrong=16 + 8 * t * (algorithm == "GRPO"),
+                                 entropy_wrong=1.2 + 0.2 * t * (algorithm == "GRPO")))
+    return pd.DataFrame(rows)
+
+
+def _dp_errors() -> pd.DataFrame:
+    values = {"token-mean": 2.4e-1, "seq-mean-token-mean": 0.0, "token-sum": 0.5, "turn-mean": 2.6e-2,
+              "length-power": 1.5e-1}
+    rows = []
+    for scheme, local in values.items():
+        for norm, value in (("global", 1.1e-16), ("local", local)):
+            rows.append(dict(scheme=scheme, normalization=norm, data="skewed", metric="max_rel_grad_diff",
+                             value=value, dtype="float64", step=0, seed=0))
+    return pd.DataFrame(rows)
+
+
+def _dp_distance() -> pd.DataFrame:
+    rows = [dict(scheme=scheme, normalization=norm, step=step, seed=0, metric="rel_weight_distance",
+                 value=(1e-15 if norm == "global" else final * step / 8), dtype="float64")
+            for scheme, final in (("token-mean", 8e-2), ("token-sum", 2e-5), ("seq-mean-token-mean", 0.0))
+            for norm in ("global", "local") for step in range(1, 9)]
+    return pd.DataFrame(rows)
+
+
+def _e3_table() -> pd.DataFrame:
+    return pd.concat([_dp_errors(), _dp_distance()], ignore_index=True)
+
+
+# name -> (make the figure, a pattern its text must contain: the headline number)
 CASES = {
-    "token_strip": lambda: plots.token_strip(synth.GEORGE_WASHINGTON),
-    "layout_diagram": lambda: plots.layout_diagram(make_layout(CONVS, "split")),
-    "layout_diagrams": lambda: plots.layout_diagrams({n: make_layout(CONVS, n, row_len=192) for n in LAYOUTS}),
-    "waste_bars": lambda: plots.waste_bars({n: make_layout(CONVS, n, row_len=192) for n in LAYOUTS}),
-    "attention_mask_plot": lambda: plots.attention_mask_plot(make_layout(CONVS, "packed", row_len=192)),
-    "weight_heatmap": lambda: plots.weight_heatmap(BATCH, WEIGHTS["turn-mean"], title="turn-mean"),
-    "weight_heatmap_grid": lambda: plots.weight_heatmap_grid(BATCH, WEIGHTS),
-    "weight_vs_length": lambda: plots.weight_vs_length({s: (BATCH, w) for s, w in WEIGHTS.items()}),
-    "share_by_bucket": lambda: plots.share_by_bucket(
-        {s: report.bucket_shares(report.length_profile(BATCH, WEIGHTS[s])) for s in SCHEMES[:3]}),
-    "effective_vs_ideal": _eff,
+    "token_strip": (lambda: plots.token_strip(synth.GEORGE_WASHINGTON), r"\d+ tokens, \d+ of them loss tokens"),
+    "layout_diagram": (lambda: plots.layout_diagram(make_layout(CONVS, "split")), r"\d+% padding"),
+    "layout_diagrams": (lambda: plots.layout_diagrams({n: make_layout(CONVS, n, row_len=192) for n in LAYOUTS}),
+                        r"\d+% padding"),
+    "waste_bars": (lambda: plots.waste_bars({n: make_layout(CONVS, n, row_len=192) for n in LAYOUTS}), r"\d% pad"),
+    "attention_mask_plot": (lambda: plots.attention_mask_plot(make_layout(CONVS, "packed", row_len=192)), None),
+    "weight_heatmap": (lambda: plots.weight_heatmap(BATCH, WEIGHTS["turn-mean"], title="turn-mean"), None),
+    "weight_heatmap_grid": (lambda: plots.weight_heatmap_grid(BATCH, WEIGHTS), r"Σw = \d"),
+    "weight_vs_length": (lambda: plots.weight_vs_length({s: (BATCH, w) for s, w in WEIGHTS.items()}),
+                         r"shortest ÷ longest \d"),
+    "share_by_bucket": (lambda: plots.share_by_bucket(
+        {s: report.bucket_shares(report.length_profile(BATCH, WEIGHTS[s])) for s in SCHEMES[:3]}), None),
+    "effective_vs_ideal": (_eff, r"max relative error \d"),
+    "training_curves": (lambda: plots.training_curves(_history()), None),
+    "bucket_curves": (lambda: plots.bucket_curves(_history(), "token-mean"), None),
+    "p_long_figure": (lambda: plots.p_long_figure(_p_long_table()), r"0\.15\d\npred\. 0\.148"),
+    "e2_figure": (lambda: plots.e2_figure(_e2_table()), r"GA 16: naive 0\.4"),
+    "e4_figure": (lambda: plots.e4_figure(_e4_table()), r"pred\. 0\.050"),
+    "e5_figure": (lambda: plots.e5_figure(_e5_table()), r"0\.102"),
+    "gradient_share_figure": (lambda: plots.gradient_share_figure(_turn_buckets()), None),
+    "loss_by_length_figure": (lambda: plots.loss_by_length_figure(_history()), r"= seq-mean-token-mean: drawn on top"),
+    "plot_dp_gradient_errors": (lambda: plots.plot_dp_gradient_errors(_dp_errors()), r"2\.4e-01"),
+    "plot_dp_weight_distance": (lambda: plots.plot_dp_weight_distance(_dp_distance()), None),
+    "plot_e3": (lambda: plots.plot_e3(_e3_table()), r"5\.0e-01"),
+    "rl.ratio_curves": (lambda: rl_plots.ratio_curves(_rl_wide(rl.E6_TASK)), r"matched reward 0\.\d+: GRPO 4"),
+    "rl.length_curves": (lambda: rl_plots.length_curves(_rl_wide(rl.E6_TASK)), None),
+    "rl.experiment_figure": (lambda: rl_plots.experiment_figure(_rl_wide(rl.E7_TASK), rl.E7_TASK),
+                             r"GRPO 0\.1\d"),
+    "rl.template_weights": (lambda: rl_plots.template_weights(rl.weights_by_template(rl.E6_TASK)), r"0\.1×"),
 }
+HELPERS = {"relative_weights", "new_figure", "show", "scheme_color", "readable_log_scale", "draw_gradient_errors",
+           "draw_weight_distance", "draw_metric", "matched_reward_ratios", "matched_reward_title"}
+
+
+def test_every_plot_function_has_a_case():
+    """A new plot function must be added to CASES (and so to the readability checks)."""
+    public = {name for name, fn in inspect.getmembers(plots, inspect.isfunction) if not name.startswith("_")}
+    public |= {f"rl.{name}" for name, fn in inspect.getmembers(rl_plots, inspect.isfunction)
+               if fn.__module__ == rl_plots.__name__ and not name.startswith("_")}
+    missing = {n for n in public if n.removeprefix("rl.") not in HELPERS} - set(CASES)
+    assert not missing, f"plot functions without a readability case: {sorted(missing)}"
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_plot_returns_labelled_figure_without_pyplot(name):
+def test_plot_returns_readable_labelled_figure_without_pyplot(name):
+    make, headline = CASES[name]
     open_before = plt.get_fignums()
-    fig = CASES[name]()
+    fig = make()
     assert isinstance(fig, Figure)
     axes = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
     assert axes
@@ -51,8 +196,55 @@ def test_plot_returns_labelled_figure_without_pyplot(name):
     for ax in axes:  # a y label on the axes itself or on one sharing its y axis (grids label the first column)
         assert any(a.get_ylabel() for a in ax.get_shared_y_axes().get_siblings(ax)), name
     for bar in (ax for ax in fig.axes if ax.get_label() == "<colorbar>"):
-        assert bar.get_ylabel()  # colour bars say what the colour means
+        assert bar.get_ylabel() or bar.get_xlabel()  # colour bars say what the colour means
+    assert_readable(fig)
+    if headline:
+        assert re.search(headline, figure_text(fig)), f"{name}: no headline number /{headline}/ in\n{figure_text(fig)}"
     assert plt.get_fignums() == open_before
+
+
+def test_readability_checks_catch_what_they_claim():
+    """Negative controls for figure_checks: each defect of issue 12, drawn on purpose, is reported."""
+    fig, ax = plots.new_figure()
+    ax.plot([1, 2, 3], [0.9, 2.0, 4.4])  # the E6 ratio curves before: one labelled tick, "1.0"
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    assert any("y axis (log) has 1 labelled tick" in p for p in figure_problems(fig)), figure_problems(fig)
+    plots.readable_log_scale(ax)
+    assert figure_problems(fig) == []
+
+    fig, ax = plots.new_figure()
+    ax.bar([0, 1], [0.76, 1.0])
+    ax.set_yscale("log")
+    assert any("bars on a log axis" in p for p in figure_problems(fig))
+    ax.set_yscale("linear")
+    ax.set_ylim(0.7, 1.05)
+    assert any("leaves out 0" in p for p in figure_problems(fig))
+
+    fig, ax = plots.new_figure()
+    ax.plot(np.linspace(0, 1, 50), np.linspace(0, 1, 50), label="a line through the middle")
+    ax.legend(loc="center")
+    assert any("legend covers" in p for p in figure_problems(fig))
+
+    fig, ax = plots.new_figure(width=3)
+    ax.bar(range(3), [1, 2, 3])
+    ax.set_xticks(range(3), ["seq-mean-token-mean", "token-mean", "token-sum"])
+    assert any("x tick labels overlap" in p for p in figure_problems(fig))
+
+    fig, ax = plots.new_figure(width=3, height=2)
+    ax.plot([0, 1], [0, 1])
+    ax.set_title("a title far too long to fit on a figure only three inches wide, so it is cut off")
+    fig.set_layout_engine("none")
+    assert any("cut off" in p for p in figure_problems(fig))
+
+
+@pytest.mark.parametrize("low, high", [(0.93, 1.14), (0.9, 4.4), (0.12, 1.16), (1e-17, 0.5), (3e-3, 2e-2),
+                                       (1.0, 1.0 + 1e-6), (2.0, 7.0)])
+def test_readable_log_locator_labels_two_ticks_in_any_view(low, high):
+    ticks = plots.ReadableLogLocator().tick_values(low, high)
+    assert len(ticks) >= 2 and all(low * (1 - 1e-9) <= t <= high * (1 + 1e-9) for t in ticks), ticks
+    assert len(ticks) <= 10
 
 
 def test_heatmap_of_all_zero_weights_draws_without_nan():

@@ -5,9 +5,11 @@ Submodules by topic (weights, training, rl, dp) re-export here, so notebooks use
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, Locator, LogLocator, MaxNLocator, NullFormatter
 
 # Okabe–Ito, colour-blind safe. One colour per scheme everywhere in the suite.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
@@ -42,6 +44,45 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 7.0, height: fl
         ax.grid(True, alpha=0.25, linewidth=0.6)
         ax.spines[["top", "right"]].set_visible(False)
     return fig, (axes[0, 0] if nrows == ncols == 1 else axes)
+
+
+class ReadableLogLocator(Locator):
+    """Major ticks of a log axis that always label ≥ 2 values in view: decades when the view spans several,
+    else 1-2-5 or 1…9 × a power of ten, else (a view inside one step, e.g. 0.93–1.14) plain linear steps."""
+
+    MAX_TICKS = 8
+
+    def __call__(self):
+        return self.tick_values(*self.axis.get_view_interval())
+
+    def tick_values(self, vmin, vmax):
+        vmin, vmax = sorted((float(vmin), float(vmax)))
+        if not math.isfinite(vmax) or vmax <= 0:
+            return []
+        vmin = max(vmin, vmax * 1e-300)
+        if math.log10(vmax / vmin) > 2.5:
+            ticks = LogLocator(base=10, numticks=self.MAX_TICKS).tick_values(vmin, vmax)
+            return [t for t in ticks if vmin <= t <= vmax]
+        low, high = math.floor(math.log10(vmin)) - 1, math.ceil(math.log10(vmax)) + 1
+        choices = ((1,), (1, 2, 5), (1, 2, 3, 4, 5, 6, 7, 8, 9))
+        for subs in choices:
+            ticks = [m * 10.0**e for e in range(low, high + 1) for m in subs]
+            ticks = [t for t in ticks if vmin * (1 - 1e-9) <= t <= vmax * (1 + 1e-9)]
+            if len(ticks) >= 3 or (len(ticks) == 2 and subs is choices[-1]):
+                return ticks[:: max(1, math.ceil(len(ticks) / self.MAX_TICKS))]
+        return [t for t in MaxNLocator(nbins=4).tick_values(vmin, vmax) if vmin <= t <= vmax and t > 0]
+
+
+PLAIN = FuncFormatter(lambda v, _pos=None: f"{v:g}")  # 0.5, 2, 1e-06: no 10^x notation, no trailing zeros
+
+
+def readable_log_scale(ax, which: str = "y") -> None:
+    """Log scale on `ax`'s x or y axis whose view always shows ≥ 2 plain labelled ticks (minor ticks unlabelled)."""
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    axis.set_major_locator(ReadableLogLocator())
+    axis.set_major_formatter(PLAIN)
+    axis.set_minor_formatter(NullFormatter())
 
 
 def show(fig) -> None:

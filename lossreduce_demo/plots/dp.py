@@ -5,15 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from ..reductions import SCHEMES
-from . import new_figure, scheme_color
+from . import new_figure, readable_log_scale, scheme_color
 
 FLOOR = 1e-17  # exact zeros drawn here on the log axis
-NORM_STYLE = {"global": dict(hatch=None, alpha=1.0, linestyle="--"), "local": dict(hatch="//", alpha=0.45,
+TOLERANCE = 1e-6  # below: the same gradient (rounding); above: a different objective
+NORM_STYLE = {"global": dict(marker="o", fill=True, linestyle="--"), "local": dict(marker="D", fill=False,
                                                                                    linestyle="-")}
+ROUNDING = {"float64": "≈ 1e-16", "float32": "≈ 1e-7"}  # relative rounding error of one gradient
 
 
 __all__ = ["draw_gradient_errors", "draw_weight_distance", "plot_dp_gradient_errors", "plot_dp_weight_distance", "plot_e3"]
@@ -36,27 +37,39 @@ def _gradient_errors(frame: pd.DataFrame, metric: str, data: str) -> pd.DataFram
 
 
 def draw_gradient_errors(ax, frame: pd.DataFrame, metric: str = "max_rel_grad_diff", data: str = "skewed"):
-    """Bars on `ax`: per scheme, global vs local, log scale, worst case over seeds / K."""
+    """Markers on `ax` (a log axis: bars from an arbitrary floor would mislead): per scheme, global (filled) vs
+    local (hollow), worst case over seeds / K; the values above the tolerance line are printed."""
     table = _gradient_errors(frame, metric, data)
     schemes = [s for s in _schemes(frame) if s in table.index]
     x = np.arange(len(schemes))
     norms = [n for n in ("global", "local") if n in table.columns]
-    width = 0.8 / max(len(norms), 1)
+    offset = 0.36 / max(len(norms), 1)
     for j, norm in enumerate(norms):
         values = np.maximum(table.loc[schemes, norm].to_numpy(dtype=float), FLOOR)
         style = NORM_STYLE[norm]
-        ax.bar(x + (j - (len(norms) - 1) / 2) * width, values, width, color=[scheme_color(s) for s in schemes],
-               hatch=style["hatch"], alpha=style["alpha"], edgecolor="black", linewidth=0.5)
-    ax.set_yscale("log")
-    ax.axhline(1e-6, color="gray", linestyle=":", linewidth=1)
-    middle = (len(schemes) - 1) / 2  # the seq-mean bars in the middle stay low: room for labels
-    ax.annotate("1e-6 (fp32 tolerance)", (middle, 1e-6), xytext=(0, 2), textcoords="offset points",
-                ha="center", fontsize=8, color="gray")
+        xs = x + (j - (len(norms) - 1) / 2) * offset
+        for xi, value, scheme in zip(xs, values, schemes):
+            color = scheme_color(scheme)
+            ax.plot([xi], [value], linestyle="none", marker=style["marker"], markersize=8, color=color,
+                    markerfacecolor=color if style["fill"] else "white", markeredgewidth=1.5)
+            if value > TOLERANCE:
+                ax.annotate(f"{value:.1e}", (xi, value), xytext=(0, 7), textcoords="offset points", ha="center",
+                            fontsize=7)
+    readable_log_scale(ax)
+    ax.set_ylim(FLOOR / 10, 10)
+    ax.axhline(TOLERANCE, color="gray", linestyle=":", linewidth=1)
+    dtypes = sorted(set(frame.dtype)) if "dtype" in frame else []
+    rounding = ", ".join(f"{d} rounding {ROUNDING[d]}" for d in dtypes if d in ROUNDING)
+    ax.annotate(f"tolerance {TOLERANCE:g}" + (f" ({rounding})" if rounding else ""), (1.0, TOLERANCE),
+                xycoords=("axes fraction", "data"), xytext=(-2, 3), textcoords="offset points", ha="right",
+                fontsize=8, color="gray")
     ax.set_xticks(x, schemes, rotation=30, ha="right")
-    ax.set_ylabel("max |g_DDP − g_single| / max |g_single|")
-    ax.legend(handles=[Patch(facecolor="lightgray", edgecolor="black", hatch=NORM_STYLE[n]["hatch"],
-                             alpha=NORM_STYLE[n]["alpha"], label=f"{n} normalisation") for n in norms],
-              loc="center", bbox_to_anchor=(0.42, 0.3), fontsize=8, frameon=False)
+    ax.set_xlim(-0.6, len(schemes) - 0.4)
+    ax.set_xlabel("reduction scheme")
+    ax.set_ylabel("relative gradient error\nmax |g_DDP − g_single| / max |g_single|", fontsize=9)
+    ax.legend(handles=[Line2D([], [], linestyle="none", marker=NORM_STYLE[n]["marker"], color="gray",
+                              markerfacecolor="gray" if NORM_STYLE[n]["fill"] else "white", label=f"{n} normalisation")
+                       for n in norms], fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title("DDP gradient vs one process (same batch, same init)")
     return ax
 
@@ -75,7 +88,7 @@ def draw_weight_distance(ax, table: pd.DataFrame):
             curve = curves.loc[(scheme, norm)]
             ax.plot(curve.index, np.maximum(curve.to_numpy(dtype=float), FLOOR), color=scheme_color(scheme),
                     linestyle=NORM_STYLE[norm]["linestyle"], marker="o", markersize=3)
-    ax.set_yscale("log")
+    readable_log_scale(ax)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("‖θ_DDP − θ_single‖ / ‖θ_single‖")

@@ -5,11 +5,13 @@ Every function takes tidy DataFrames (train.HISTORY_COLUMNS or experiments.COLUM
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FixedLocator, NullLocator
 
-from . import PALETTE, new_figure, scheme_color
+from . import PALETTE, PLAIN, new_figure, readable_log_scale, scheme_color
 
 METRIC_LABELS = {
     "objective": "objective Σ w·l (as the scheme reports it)",
@@ -19,6 +21,8 @@ METRIC_LABELS = {
     "p_long": 'P("L") at the branch',
 }
 
+
+OUTSIDE = dict(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)  # legends right of the data
 
 __all__ = ["training_curves", "bucket_curves", "p_long_figure", "e2_figure", "e4_figure", "e5_figure",
            "gradient_share_figure", "loss_by_length_figure"]
@@ -43,7 +47,7 @@ def training_curves(history: pd.DataFrame, metric: str = "heldout_loss", *, by: 
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     ax.set_title(title or metric)
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(fontsize=8, **OUTSIDE)
     return fig
 
 
@@ -57,7 +61,7 @@ def bucket_curves(history: pd.DataFrame, run: str, metric: str = "heldout_loss",
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     ax.set_title(title or f"{run}: {metric} by response length")
-    ax.legend(fontsize=8, frameon=False, title="response length")
+    ax.legend(fontsize=8, title="response length", **OUTSIDE)
     return fig
 
 
@@ -65,20 +69,31 @@ def p_long_figure(table: pd.DataFrame, title: str = 'Learned P("L") at the branc
     """Measured p_long per seed (dots) and its prediction (black bar), one column per run."""
     rows = table[table.metric == "p_long"]
     labels = list(dict.fromkeys(rows[by]))
-    fig, ax = new_figure(width=max(6.0, 1.6 * len(labels)))
+    fig, ax = new_figure(width=max(6.5, 1.9 * len(labels)))
     for i, label in enumerate(labels):
         sel = rows[rows[by] == label]
         color = _run_color(label, 0)
         ax.scatter(np.full(len(sel), i) + np.linspace(-0.12, 0.12, len(sel)), sel.value, color=color, s=28,
                    zorder=3, label="measured (one per seed)" if i == 0 else None)
-        ax.hlines(sel.predicted.astype(float).mean(), i - 0.3, i + 0.3, color="#888888", linewidth=2.5, zorder=2,
+        predicted = sel.predicted.astype(float).mean()
+        ax.hlines(predicted, i - 0.3, i + 0.3, color="#888888", linewidth=2.5, zorder=2,
                   label="predicted" if i == 0 else None)
-    ax.set_xticks(range(len(labels)), [str(lab).replace(" (", "\n(") for lab in labels], fontsize=8)
+        ax.annotate(f"{sel.value.mean():.3f}\npred. {predicted:.3f}", (i + 0.16, max(sel.value.max(), predicted)),
+                    xytext=(0, 4), textcoords="offset points", fontsize=8, ha="left", va="bottom")
+    ax.set_xticks(range(len(labels)), [_wrap(lab) for lab in labels], fontsize=8)
+    ax.set_xlabel("training run (scheme)")
     ax.set_ylabel('P("L" | prompt)')
-    ax.set_ylim(0, max(0.3, float(rows.value.max()) * 1.15))
+    top = max(float(rows.value.max()), float(rows.predicted.astype(float).max()))
+    ax.set_ylim(0, max(0.3, top * 1.35))  # room for the numbers above the dots
+    ax.set_xlim(-0.5, len(labels) - 0.5 + 0.4)
     ax.set_title(title)
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(fontsize=8, **OUTSIDE)
     return fig
+
+
+def _wrap(label, width: int = 18) -> str:
+    """A tick label on lines of ≤ `width` characters, "(…)" on its own line."""
+    return "\n".join(textwrap.fill(part, width) for part in str(label).replace(" (", "\n(").split("\n"))
 
 
 def e2_figure(table: pd.DataFrame):
@@ -94,22 +109,37 @@ def e2_figure(table: pd.DataFrame):
         ls = "-" if data == "mixed lengths" else ":"
         ax.plot(stats.index, stats["mean"].clip(lower=1e-12), ls, marker="o", color=color,
                 label=f"{label}, {data}")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+    _powers_of_two(ax, sorted(dist.grad_accum.unique()))
+    readable_log_scale(ax)
     ax.set_xlabel("gradient-accumulation steps (micro-batch = 16 / ga)")
     ax.set_ylabel("‖W − W(16,1)‖ / ‖W(16,1)‖")
-    ax.set_title("E2: distance to the full-batch run")
-    ax.legend(fontsize=7, frameon=False, loc="center right")
+    mixed = dist[dist.format == "mixed lengths"].groupby(["normalization", "grad_accum"]).value.mean()
+    if {"local", "global"} <= set(mixed.index.get_level_values(0)):
+        worst = mixed["local"].idxmax()
+        ax.set_title(f"E2: distance to the full-batch run\nGA {worst}: naive {mixed['local'][worst]:.2g}, "
+                     f"global {mixed['global'][worst]:.1g}", fontsize=10)
+    else:
+        ax.set_title("E2: distance to the full-batch run")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     p = table[table.metric == "p_long"].groupby("micro_batch_size")[["value", "predicted"]]
     stats = p.mean()
     bx.plot(stats.index, stats.predicted.astype(float), "k--", marker="s", label="predicted")
     bx.plot(stats.index, stats.value, marker="o", color="#D55E00", label="measured (mean of seeds)")
-    bx.set_xscale("log", base=2)
+    _powers_of_two(bx, list(stats.index))
     bx.set_xlabel("naive micro-batch size (samples)")
     bx.set_ylabel('P("L" | prompt)')
+    bx.set_ylim(0, None)
     bx.set_title("E2: naive token-mean learns a batch-size prior")
-    bx.legend(fontsize=8, frameon=False)
+    bx.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     return fig
+
+
+def _powers_of_two(ax, values) -> None:
+    """A log-2 x axis labelled at exactly the values run (1, 2, 4, 8, 16), in plain numbers."""
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator([float(v) for v in values]))
+    ax.xaxis.set_major_formatter(PLAIN)
+    ax.xaxis.set_minor_locator(NullLocator())
 
 
 def e4_figure(table: pd.DataFrame):
@@ -128,18 +158,21 @@ def e5_figure(table: pd.DataFrame):
     for scheme, sel in sgd.groupby("scheme", sort=False):
         stats = sel.groupby("lr").value.mean()
         ax.plot(stats.index, stats.clip(upper=10).to_numpy(), marker="o", color=scheme_color(scheme), label=scheme)
-    ax.set_xscale("log")
+    readable_log_scale(ax, "x")
     ax.set_xlabel("SGD learning rate")
-    ax.set_ylabel("final held-out loss (nats/token, capped at 10)")
+    ax.set_ylabel("final held-out loss\n(nats/token, capped at 10)")
     ax.set_title("E5: SGD, same grid for sum and mean")
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     adam = table[table.metric == "final_heldout_loss"]
     stats = adam.groupby("scheme", sort=False).value.agg(["mean", "min", "max"])
-    bx.bar(range(len(stats)), stats["mean"], color=[scheme_color(s) for s in stats.index])
+    bars = bx.bar(range(len(stats)), stats["mean"], color=[scheme_color(s) for s in stats.index])
+    bx.bar_label(bars, labels=[f"{v:.3f}" for v in stats["mean"]], fontsize=8, padding=3)
     bx.errorbar(range(len(stats)), stats["mean"], yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
                 fmt="none", color="black", capsize=3)
     bx.set_xticks(range(len(stats)), stats.index, fontsize=8)
+    bx.set_xlabel("reduction (Adam)")
     bx.set_ylabel("final held-out loss (nats/token)")
+    bx.set_ylim(0, float(stats["max"].max()) * 1.2)
     bx.set_title("E5: Adam, sum vs sum / C vs mean")
     return fig
 
@@ -161,35 +194,35 @@ def gradient_share_figure(buckets: pd.DataFrame, title: str = "Share of the grad
     ax.set_xlabel("response length (loss tokens of the turn)")
     ax.set_ylabel("share of the gradient step (projection)")
     ax.set_title(title)
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(fontsize=8, **OUTSIDE)
     return fig
 
 
-def _one_two_five(value: float, _pos=None) -> str:
-    """Log-axis tick label only at 1, 2 and 5 × a power of ten."""
-    mantissa = value / 10 ** np.floor(np.log10(value)) if value > 0 else 0
-    return f"{value:g}" if any(abs(mantissa - m) < 1e-6 for m in (1, 2, 5)) else ""
-
-
 def loss_by_length_figure(history: pd.DataFrame, title: str = "Held-out loss by reply length"):
-    """Held-out loss against the step, one colour per run, solid = short replies, dashed = long ones."""
+    """Held-out loss against the step, one colour per run, solid = short replies, dashed = long ones. A run whose
+    curves coincide with an earlier run's (same weights, e.g. naive GA with micro-batches of 1 and seq-mean) is
+    drawn as markers on top of them and says so in the legend."""
     rows = history[(history.metric == "heldout_loss") & history.bucket.notna()]
-    fig, ax = new_figure(height=4.6)
+    fig, ax = new_figure(width=10.0, height=4.2)
     buckets = sorted(rows.bucket.unique(), key=lambda b: int(str(b).split("-")[0].lstrip(">")))
     used: list[str] = []
+    drawn: dict[str, pd.DataFrame] = {}
     for run, sel in rows.groupby("run", sort=False):
         color = scheme_color(run)  # the scheme's colour, or a free one for a second run of that scheme
         color = color if color not in used else next((c for c in PALETTE if c not in used), color)
         used.append(color)
+        curves = sel.pivot_table(index="step", columns="bucket", values="value").reindex(columns=buckets)
+        twin = next((name for name, other in drawn.items() if other.shape == curves.shape
+                     and np.allclose(other.to_numpy(), curves.to_numpy(), rtol=1e-3, equal_nan=True)), None)
+        drawn[run] = curves
         for i, bucket in enumerate(buckets):
-            curve = sel[sel.bucket == bucket].groupby("step").value.mean()
-            ax.plot(curve.index, curve.to_numpy(), color=color, linestyle=("-", "--", ":")[i % 3],
-                    label=f"{run}, {bucket}-token replies")
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(FuncFormatter(_one_two_five))
-    ax.yaxis.set_minor_formatter(FuncFormatter(_one_two_five))
+            style = dict(linestyle="none", marker="ox+"[i % 3], markersize=5, markerfacecolor="none") if twin else \
+                dict(linestyle=("-", "--", ":")[i % 3])
+            label = f"{run}, {bucket}-token replies" + (f" (= {twin}: drawn on top)" if twin else "")
+            ax.plot(curves.index, curves[bucket].to_numpy(), color=color, label=label, **style)
+    readable_log_scale(ax)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("held-out loss (nats/token)")
     ax.set_title(title)
-    ax.legend(fontsize=7, frameon=False, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    ax.legend(fontsize=7, **OUTSIDE)
     return fig

@@ -11,12 +11,12 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.colors import LogNorm, to_rgb
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import MaxNLocator
 
 from ..layouts import Batch, layout_waste
 from ..report import length_profile
 from ..tokenizer import ROLE_NAMES, render
-from . import PALETTE, ROLE_COLORS, new_figure, scheme_color
+from . import PALETTE, ROLE_COLORS, new_figure, readable_log_scale, scheme_color
 
 __all__ = ["token_strip", "layout_diagram", "layout_diagrams", "waste_bars", "attention_mask_plot",
            "relative_weights", "weight_heatmap", "weight_heatmap_grid", "weight_vs_length", "share_by_bucket",
@@ -25,7 +25,6 @@ __all__ = ["token_strip", "layout_diagram", "layout_diagrams", "waste_bars", "at
 _ROLE_RGB = np.array([to_rgb(ROLE_COLORS[ROLE_NAMES[code]]) for code in sorted(ROLE_NAMES)])  # (5, 3)
 _SPECIAL_LABEL = {256: "pad", 257: "bos", 258: "sys", 259: "usr", 260: "ast", 261: "eot"}
 _LOSS_MARK = "#000000"
-_PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
 _WEIGHT_CMAP = "viridis"  # dark: down-weighted, yellow: up-weighted vs token-mean (colour-blind safe)
 
 
@@ -101,7 +100,7 @@ def layout_diagram(batch: Batch, *, ax=None, title: str | None = None, max_rows:
                           f"{waste['padding_fraction']:.0%} padding", fontsize=10)
     ax.set_xlabel("position in the row (tokens)")
     ax.set_ylabel("row")
-    ax.set_yticks(range(rows)) if rows <= 12 else None
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(rows, 12)))  # whole rows only
     if legend:
         _role_legend(ax, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return ax.figure
@@ -206,14 +205,14 @@ def weight_heatmap(batch: Batch, weights, *, title: str | None = None, ax=None, 
     """Per-token weights of one scheme on a batch (rows × positions), relative to token-mean, log colour."""
     rel = relative_weights(batch, weights)
     if ax is None:
-        fig, ax = new_figure(width=7.5, height=1.2 + 0.16 * rel.shape[0])
+        fig, ax = new_figure(width=7.5, height=max(2.8, 1.2 + 0.16 * rel.shape[0]))
     image = _heat(ax, batch, rel, norm or _heat_norm([rel]))
     ax.set_xlabel("position in the row (tokens)")
     ax.set_ylabel("row")
     if title:
         ax.set_title(title, fontsize=10)
     if colorbar:
-        _colorbar(ax.figure, image, "weight per token ÷ token-mean's (log)", ax=ax)
+        _colorbar(ax.figure, image, "weight ÷ token-mean's (log)", ax=ax)
     return ax.figure
 
 
@@ -249,16 +248,15 @@ def weight_vs_length(profiles: Mapping[str, object], *, unit: str = "sample"):
     markers = "os^Dv<>P"
     for i, (name, df) in enumerate(frames.items()):
         mean = df.groupby("length", as_index=False)[["weight_per_token", "relative"]].mean()
-        style = dict(color=scheme_color(name), marker=markers[i % len(markers)], markersize=4, label=name)
+        spread = mean.relative.iloc[0] / mean.relative.iloc[-1]  # shortest ÷ longest: the headline number
+        style = dict(color=scheme_color(name), marker=markers[i % len(markers)], markersize=4,
+                     label=f"{name}: shortest ÷ longest {spread:.3g}×")
         for ax, column in zip(axes[0], ("weight_per_token", "relative")):
             ax.plot(mean.length, mean[column].clip(lower=1e-12), linestyle="-" if i < 4 else "--", **style)
     for ax, ylabel in zip(axes[0], ("weight per token (loss = Σ w·l)", "weight per token ÷ token-mean's")):
-        ax.set_yscale("log")
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        readable_log_scale(ax)
         ax.set_xlabel(f"{unit} length (loss tokens)")
         ax.set_ylabel(ylabel)
-    axes[0, 1].yaxis.set_major_locator(LogLocator(base=2))
-    axes[0, 1].yaxis.set_major_formatter(_PLAIN)
     axes[0, 0].set_title("absolute: the loss scale")
     axes[0, 1].set_title("relative: where the step goes")
     axes[0, 1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -301,18 +299,9 @@ def effective_vs_ideal(batch: Batch, effective, ideal, *, rank=None, step=None, 
     x = np.arange(len(eff))
     fig, axes = new_figure(2, 1, width=8.0, height=5.0, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     top, bottom = axes[0, 0], axes[1, 0]
-    top.bar(x, eff.weight_per_token, color=colors, width=0.8)
+    top.bar(x, eff.weight_per_token, color=colors, width=0.8)  # linear from 0: a −24 % bar is 76 % as tall
     top.scatter(x, ref.weight_per_token, marker="_", s=220, color="black", linewidths=2, zorder=3,
                 label="full batch (ideal)")
-    top.set_yscale("log")
-    top.yaxis.set_minor_formatter(NullFormatter())
-    values = np.concatenate([eff.weight_per_token, ref.weight_per_token])
-    positive = values[values > 0]
-    if positive.size and positive.max() < 1.5 * positive.min():  # (nearly) uniform weights: show a decade around them, not rounding noise
-        top.set_ylim(positive.min() / 3, positive.max() * 3)
-    if positive.size and positive.max() < 30 * positive.min():  # under ~1.5 decades: label powers of 2 too
-        top.yaxis.set_major_locator(LogLocator(base=2))
-        top.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
     top.set_ylabel("weight per token")
     handles = [Patch(color=PALETTE[i % len(PALETTE)], label=f"rank {r}, micro-batch {k}")
                for (r, k), i in list(order.items())[:8]]
