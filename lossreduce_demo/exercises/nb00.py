@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..synth import GEORGE_WASHINGTON
 from ..tokenizer import render
-from . import close, feedback, pending
+from . import check_number, pending
 
 TURN_LOSSES = (2.0, 1.0, 0.5)  # the made-up per-token losses of turns 1, 2, 3 in the notebook
 
@@ -19,8 +19,8 @@ def check_1(answer):
     if pending(answer, "count the tokens underlined in black, or sum render(chat).loss_mask."):
         return None
     expected = sum(_turn_lengths())
-    return feedback(close(answer, expected, rel=0), f"{expected} loss tokens: the three replies and their <|eot|>.",
-                    "Not quite: only assistant content and its closing <|eot|> count, not the <|assistant|> header.")
+    return check_number(answer, expected, f"{expected} loss tokens: the three replies and their <|eot|>.",
+                        "Not quite: only assistant content and its closing <|eot|> count, not the <|assistant|> header.", rel=0)
 
 
 def check_2(answer):
@@ -30,8 +30,8 @@ def check_2(answer):
     n = _turn_lengths()
     n[2] *= 2
     expected = sum(k * loss for k, loss in zip(n, TURN_LOSSES)) / sum(n)
-    return feedback(close(answer, expected, rel=1e-3), f"{expected:.4f}: the long cheap reply pulls the mean down.",
-                    "Weight each turn's loss by its token count (the third turn now has twice as many).")
+    return check_number(answer, expected, f"{expected:.4f}: the long cheap reply pulls the mean down.",
+                        "Weight each turn's loss by its token count (the third turn now has twice as many).", rel=1e-3)
 
 
 def check_3(answer):
@@ -40,5 +40,5 @@ def check_3(answer):
         return None
     n = _turn_lengths()
     expected = n[2] / n[1]
-    return feedback(close(answer, expected, rel=1e-3), f"{expected:.3f}×: (1/(3·n_2)) / (1/(3·n_3)) = n_3 / n_2.",
-                    "Each sample's tokens share 1/3: a token of turn j weighs 1/(3·n_j).")
+    return check_number(answer, expected, f"{expected:.3f}×: (1/(3·n_2)) / (1/(3·n_3)) = n_3 / n_2.",
+                        "Each sample's tokens share 1/3: a token of turn j weighs 1/(3·n_j).", rel=1e-3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..layouts import LAYOUTS, layout_waste, make_layout, split_layout
 from ..synth import make_chats
-from . import close, feedback, pending
+from . import check_number, feedback, pending
 
 
 def check_1(answer):
@@ -12,8 +12,8 @@ def check_1(answer):
     if pending(answer, "format A makes one row per assistant turn."):
         return None
     expected = split_layout(make_chats(10, turns=(3, 3), max_tokens=None, seed=1)).shape[0]
-    return feedback(close(answer, expected, rel=0), f"{expected} rows: one per assistant turn, each with its prefix.",
-                    "Format A turns every assistant turn into its own training row.")
+    return check_number(answer, expected, f"{expected} rows: one per assistant turn, each with its prefix.",
+                        "Format A turns every assistant turn into its own training row.", rel=0)
 
 
 def check_2(answer):
@@ -22,8 +22,8 @@ def check_2(answer):
         return None
     turns = 4
     expected = (turns + 1) / 2
-    return feedback(close(answer, expected, rel=0.03), f"(T+1)/2 = {expected}: quadratic in the number of turns.",
-                    "Format A: s·(1+2+…+T) = s·T(T+1)/2 tokens; format B: s·T.")
+    return check_number(answer, expected, f"(T+1)/2 = {expected}: quadratic in the number of turns.",
+                        "Format A: s·(1+2+…+T) = s·T(T+1)/2 tokens; format B: s·T.", rel=0.03)
 
 
 def check_3(answer, conversations=None, row_len: int = 192):

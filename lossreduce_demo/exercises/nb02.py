@@ -8,7 +8,7 @@ from ..chats import conversation
 from ..layouts import multiturn_layout
 from ..reductions import Scheme, token_weights
 from ..synth import make_chats
-from . import close, feedback, pending
+from . import check_number, feedback, pending
 
 
 def check_1(answer, long_fraction: float = 0.2, short: int = 5, long: int = 60):
@@ -17,8 +17,8 @@ def check_1(answer, long_fraction: float = 0.2, short: int = 5, long: int = 60):
         return None
     f = long_fraction
     expected = (f / long) / (f / long + (1 - f) / short)
-    return feedback(close(answer, expected, rel=0.01), f"p* = {expected:.4f}: ten times below the data's {f}.",
-                    "Weight each branch by f/L: p* = (f/L_l) / (f/L_l + (1−f)/L_s).")
+    return check_number(answer, expected, f"p* = {expected:.4f}: ten times below the data's {f}.",
+                        "Weight each branch by f/L: p* = (f/L_l) / (f/L_l + (1−f)/L_s).", rel=0.01)
 
 
 def check_2(answer):
@@ -44,6 +44,6 @@ def check_3(answer):
     batch = multiturn_layout([chat])
     w = token_weights(batch, "seq-mean-token-mean")
     expected = float(w[batch.turn_in_conversation == 2].sum() / w.sum())
-    return feedback(close(answer, expected, rel=0.01),
-                    f"{expected:.3f}: one sample, so its mean is token-mean inside it (41/51).",
-                    "With a single sample, seq-mean-token-mean divides by that sample's 51 tokens.")
+    return check_number(answer, expected,
+                        f"{expected:.3f}: one sample, so its mean is token-mean inside it (41/51).",
+                        "With a single sample, seq-mean-token-mean divides by that sample's 51 tokens.", rel=0.01)

@@ -8,7 +8,7 @@ from ..chats import conversation
 from ..layouts import multiturn_layout
 from ..reductions import effective_weights, micro_batch_coefficient, token_weights
 from ..synth import make_chats
-from . import close, feedback, pending
+from . import check_number, close, feedback, pending
 
 
 def two_samples(short: int, long: int):
@@ -27,10 +27,10 @@ def check_1(answer, n=(30, 90), per_token=(0.6, 0.2)):
     loss = {norm: float((effective_weights(batch, "token-mean", micro_batches=2, normalization=norm)[0] * losses)
                         .sum()) for norm in ("global", "local")}
     naive = close(answer, loss["local"], rel=1e-3)
-    return feedback(close(answer, loss["global"], rel=1e-3),
-                    f"{loss['global']:.4f}: (30·0.6 + 90·0.2) / 120. Naive accumulation reports {loss['local']:.4f}.",
-                    "That is what naive accumulation reports (the mean of the two samples' means)." if naive else
-                    "Not that one: weight each sample's per-token loss by its number of loss tokens.")
+    return check_number(answer, loss["global"],
+                        f"{loss['global']:.4f}: (30·0.6 + 90·0.2) / 120. Naive accumulation reports {loss['local']:.4f}.",
+                        "That is what naive accumulation reports (the mean of the two samples' means)." if naive else
+                        "Not that one: weight each sample's per-token loss by its number of loss tokens.", rel=1e-3)
 
 
 def check_2(answer, n_samples: int = 16):
@@ -58,7 +58,7 @@ def check_3(answer, ranks: int = 4, micro_batches: int = 8):
     if pending(answer, "gradients add over the K micro-batches, then DDP takes the mean over the R ranks."):
         return None
     expected = micro_batch_coefficient("global", ranks, micro_batches)
-    return feedback(close(answer, expected, rel=1e-9),
-                    f"c = R = {expected:g}: no 1/K (N already counts every micro-batch), and ×R undoes DDP's mean "
-                    "(transformers: loss *= num_processes; torchtune: scale_grads(world_size / num_tokens)).",
-                    "Sum over K is what we want; the mean over R ranks divides by R once too often.")
+    return check_number(answer, expected,
+                        f"c = R = {expected:g}: no 1/K (N already counts every micro-batch), and ×R undoes DDP's mean "
+                        "(transformers: loss *= num_processes; torchtune: scale_grads(world_size / num_tokens)).",
+                        "Sum over K is what we want; the mean over R ranks divides by R once too often.", rel=1e-9)

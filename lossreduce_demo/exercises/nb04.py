@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..experiments.sft import L_LONG, L_SHORT, e4_predictions, p_long_closed_form
-from . import close, feedback, pending
+from . import check_number, close, pending
 
 
 def check_1(answer, long_fraction: float = 0.1):
@@ -12,10 +12,10 @@ def check_1(answer, long_fraction: float = 0.1):
         return None
     f = long_fraction
     expected = p_long_closed_form(f, 1 / L_LONG, 1 / L_SHORT)
-    return feedback(close(answer, expected, rel=0.01),
-                    f"p* = (f/60) / (f/60 + (1−f)/5) = {expected:.4f}: twelve times below the data's odds, as for f = 0.2.",
-                    f"That is the data's {f}: what token-sum learns. Weight each branch by 1/length." if close(answer, f)
-                    else "Not that one: p* = (f/L_long) / (f/L_long + (1−f)/L_short).")
+    return check_number(answer, expected,
+                        f"p* = (f/60) / (f/60 + (1−f)/5) = {expected:.4f}: twelve times below the data's odds, as for f = 0.2.",
+                        f"That is the data's {f}: what token-sum learns. Weight each branch by 1/length." if close(answer, f)
+                        else "Not that one: p* = (f/L_long) / (f/L_long + (1−f)/L_short).", rel=0.01)
 
 
 def check_2(answer):
@@ -26,11 +26,11 @@ def check_2(answer):
         return None
     expected = e4_predictions(0.2)[("B", "seq-mean-token-mean")]
     per_turn = e4_predictions(0.2)[("B", "turn-mean")]
-    return feedback(close(answer, expected, rel=0.01),
-                    f"p* = (0.2/70) / (0.2/70 + 0.8/15) = {expected:.4f}: the 10 context tokens dilute the length "
-                    "penalty, so format B + sample mean lands between turn-mean (0.020) and token-mean (≈0.18).",
-                    "That is format A (or turn-mean): there each turn is its own sample." if close(answer, per_turn)
-                    else "Count the context: a long conversation has 10 + 60 loss tokens, a short one 10 + 5.")
+    return check_number(answer, expected,
+                        f"p* = (0.2/70) / (0.2/70 + 0.8/15) = {expected:.4f}: the 10 context tokens dilute the length "
+                        "penalty, so format B + sample mean lands between turn-mean (0.020) and token-mean (≈0.18).",
+                        "That is format A (or turn-mean): there each turn is its own sample." if close(answer, per_turn)
+                        else "Count the context: a long conversation has 10 + 60 loss tokens, a short one 10 + 5.", rel=0.01)
 
 
 def check_3(answer, lr_mean: float = 0.5, tokens_per_batch: int = 250):
@@ -39,8 +39,8 @@ def check_3(answer, lr_mean: float = 0.5, tokens_per_batch: int = 250):
     if pending(answer, "token-sum's gradient is token-mean's times N, the loss tokens of the batch."):
         return None
     expected = lr_mean / tokens_per_batch
-    return feedback(close(answer, expected, rel=0.01),
-                    f"lr = 0.5 / 250 = {expected:g}: the sum's gradient is N times larger, so its lr must be N times "
-                    "smaller (Tülu 3). Adam divides the scale out and needs no change.",
-                    "Other way round: the sum's gradient is N times larger." if close(answer, lr_mean * tokens_per_batch)
-                    else f"The sum's gradient is {tokens_per_batch}× the mean's: scale the lr to give the same step.")
+    return check_number(answer, expected,
+                        f"lr = 0.5 / 250 = {expected:g}: the sum's gradient is N times larger, so its lr must be N times "
+                        "smaller (Tülu 3). Adam divides the scale out and needs no change.",
+                        "Other way round: the sum's gradient is N times larger." if close(answer, lr_mean * tokens_per_batch)
+                        else f"The sum's gradient is {tokens_per_batch}× the mean's: scale the lr to give the same step.", rel=0.01)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import close, feedback, pending
+from . import check_number, pending
 
 
 def check_1(answer):
@@ -16,8 +16,8 @@ def check_1(answer):
 
     frame = weights_by_template(E6_TASK, ["seq-mean-token-mean"]).set_index("template")
     expected = frame.loc["GUESS", "weight_per_token"] / frame.loc["GIBBERISH", "weight_per_token"]
-    return feedback(close(answer, expected, rel=1e-2), f"{expected:g}x: 1/3 against 1/30 of the same 1/B.",
-                    "Each token weighs 1/(B·n_i): compare 1/3 with 1/30.")
+    return check_number(answer, expected, f"{expected:g}x: 1/3 against 1/30 of the same 1/B.",
+                        "Each token weighs 1/(B·n_i): compare 1/3 with 1/30.", rel=1e-2)
 
 
 def check_2(answer):
@@ -25,8 +25,8 @@ def check_2(answer):
     if pending(answer, "seq-mean-token-sum-norm divides by B·L_max, whatever the response's length."):
         return None
     expected = 1 / (8 * 30)
-    return feedback(close(answer, expected, rel=1e-3), f"1/(B·L_max) = {expected:.6f}, the same for every token.",
-                    "seq-mean-token-sum-norm gives every token 1/(B·L_max).")
+    return check_number(answer, expected, f"1/(B·L_max) = {expected:.6f}, the same for every token.",
+                        "seq-mean-token-sum-norm gives every token 1/(B·L_max).", rel=1e-3)
 
 
 def check_3(answer):
@@ -36,5 +36,5 @@ def check_3(answer):
     from ..rl import group_advantages
 
     expected = float(group_advantages(torch.tensor([[0.8, 0.1, 0.1, 0.1]]), "grpo")[0, 0])
-    return feedback(close(answer, expected, rel=1e-3), f"(0.8 − 0.275) / 0.35 = {expected:.3f}.",
-                    "Mean 0.275, unbiased std 0.35: A = (r − mean) / std.")
+    return check_number(answer, expected, f"(0.8 − 0.275) / 0.35 = {expected:.3f}.",
+                        "Mean 0.275, unbiased std 0.35: A = (r − mean) / std.", rel=1e-3)

@@ -9,7 +9,7 @@ from ..hf_tokenizer import SHIPPED_TOKENIZER
 from ..layouts import multiturn_layout
 from ..reductions import token_weights
 from ..report import data_path, length_profile
-from . import close, feedback, pending
+from . import check_number, pending
 
 DEFAULT = "default_chats.jsonl"
 
@@ -23,8 +23,8 @@ def check_1(answer, path=None):
     if pending(answer, "count conversations with c.n_assistant_turns > 1."):
         return None
     expected = sum(c.n_assistant_turns > 1 for c in _chats(path))
-    return feedback(close(answer, expected, rel=0), f"{expected} multi-turn conversations.",
-                    "Count Conversation.n_assistant_turns > 1 over the whole file.")
+    return check_number(answer, expected, f"{expected} multi-turn conversations.",
+                        "Count Conversation.n_assistant_turns > 1 over the whole file.", rel=0)
 
 
 def check_2(answer, path=None, tokenizer=None):
@@ -35,9 +35,10 @@ def check_2(answer, path=None, tokenizer=None):
     bpe = int(multiturn_layout(convs, tokenizer=tokenizer or data_path(SHIPPED_TOKENIZER)).loss_mask.sum())
     byte = int(multiturn_layout(convs).loss_mask.sum())
     expected = bpe / byte
-    return feedback(close(answer, expected, rel=0.01), f"{bpe} / {byte} = {expected:.3f}: BPE merges letters, "
-                    "and every reply keeps one end-of-turn token.",
-                    "Count the trained tokens (loss_mask) of both renderings of the same chats, then divide.")
+    return check_number(answer, expected, f"{bpe} / {byte} = {expected:.3f}: BPE merges letters, "
+                        "and every reply keeps one end-of-turn token.",
+                        "Count the trained tokens (loss_mask) of both renderings of the same chats, then divide.",
+                        rel=0.01)
 
 
 def check_3(answer, path=None, tokenizer=None):
@@ -47,5 +48,6 @@ def check_3(answer, path=None, tokenizer=None):
     batch = multiturn_layout(_chats(path), tokenizer=tokenizer or data_path(SHIPPED_TOKENIZER))
     profile = length_profile(batch, token_weights(batch, "seq-mean-token-mean"))
     expected = float(profile.length.max() / profile.length.min())
-    return feedback(close(answer, expected, rel=0.01), f"{expected:.2f} = longest sample ÷ shortest, in BPE tokens.",
-                    "The ratio of weights is the inverse ratio of the samples' loss-token counts under the tokenizer.")
+    return check_number(answer, expected, f"{expected:.2f} = longest sample ÷ shortest, in BPE tokens.",
+                        "The ratio of weights is the inverse ratio of the samples' loss-token counts under the tokenizer.",
+                        rel=0.01)
