@@ -73,7 +73,7 @@ def near(answer, expected: float) -> bool:
     if number is None or number == 0 or expected == 0 or (float(number) > 0) != (expected > 0):
         return False
     error = abs(float(number) - expected)
-    return error <= NEAR * abs(expected) or error <= 10.0 ** number.as_tuple().exponent / 2 * (1 + 1e-9)
+    return error <= NEAR * abs(expected) or error < 10.0 ** number.as_tuple().exponent / 2 * (1 - 1e-9)
 
 
 def check_number(answer, expected: float, right: str, wrong: str, *, rel: float = 1e-3) -> bool:
