@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8888
 
-.PHONY: lab test test-browser demo figures app bench lint clean
+.PHONY: lab test test-browser demo figures site app bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ demo: $(VENV)/.installed  ## the headless default job: a weights report on the s
 
 figures: $(VENV)/.installed  ## regenerate the README's figures in docs/figures
 	$(PY) -m lossreduce_demo.figures docs/figures
+
+site: $(VENV)/.installed  ## every notebook executed (default mode) and rendered to build/site/index.html
+	LOSSREDUCE_THREADS=$${LOSSREDUCE_THREADS:-1} $(PY) -m lossreduce_demo.site build/site $(SITE_FLAGS)
 
 APP_PORT ?= 8866
 

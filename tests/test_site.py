@@ -1,0 +1,81 @@
+"""`make site` pieces without a kernel: suite order, the index text, widget snapshots, the output-folder guard.
+The full build (every notebook executed and opened in a browser) is tests/browser/test_site.py."""
+
+from __future__ import annotations
+
+import nbformat
+import pytest
+
+from lossreduce_demo import site
+
+
+def test_suite_order_is_numbered_then_the_app():
+    names = [p.name for p in site.suite_order()]
+    numbered = [n for n in names if n[:2].isdigit()]
+    assert names[: len(numbered)] == sorted(numbered) and names[0].startswith("00_")
+    assert names[len(numbered)] == "app.ipynb"
+
+
+def test_every_notebook_describes_itself_for_the_index():
+    for path in site.suite_order():
+        title, items, estimate = site.describe(nbformat.read(path, as_version=4))
+        assert title and title != "notebook", path.name
+        assert len(items) == 3, (path.name, items)  # "What you will see": three lines
+        assert estimate, path.name
+
+
+def _widget_notebook():
+    nb = nbformat.v4.new_notebook()
+    png = {"output_type": "display_data", "data": {"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"},
+           "metadata": {}}
+    state = {
+        "box": {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_slider", "IPY_MODEL_out"]}},
+        "slider": {"model_name": "FloatSliderModel", "state": {"description": "long fraction", "value": 0.25}},
+        "menu": {"model_name": "DropdownModel", "state": {"description": "scheme", "index": 1,
+                                                          "_options_labels": ["token-mean", "turn-mean"]}},
+        "out": {"model_name": "OutputModel", "state": {"outputs": [png], "children": ["IPY_MODEL_menu"]}},
+    }
+    nb.metadata["widgets"] = {site.WIDGET_STATE: {"state": state}}
+    view = {"output_type": "display_data", "metadata": {},
+            "data": {site.WIDGET_VIEW: {"model_id": "box"}, "text/plain": "VBox(...)"}}
+    nb.cells.append(nbformat.v4.new_code_cell("app", outputs=[view]))
+    return nb
+
+
+def test_widgets_become_snapshots_of_their_figures_and_controls():
+    nb = _widget_notebook()
+    assert site.count_figures(nb) == 0  # the figure lives in the widget state only
+    site.snapshot_widgets(nb)
+    outputs = nb.cells[0].outputs
+    assert "widgets" not in nb.metadata
+    assert all(site.WIDGET_VIEW not in o.get("data", {}) for o in outputs)
+    note = outputs[0]["data"]["text/html"]
+    assert "long fraction = 0.25" in note and "scheme = turn-mean" in note
+    assert site.count_figures(nb) == 1
+    assert "<img" in site.render(nb)
+
+
+def test_index_links_every_page_in_order_and_says_how_to_run(tmp_path):
+    pages = [site.Page("00_a.ipynb", "00_a.html", "00 · A", ["one", "two", "three"], "10 min", 2, 3.0),
+             site.Page("app.ipynb", "app.html", "App", ["x", "y", "z"], "", 1, 1.0)]
+    text = site.index_html(pages, repository=None, fast=True)
+    assert text.index("00_a.html") < text.index("app.html")
+    assert "make lab" in text and "--repository owner/name" in text and "fast mode" in text
+    linked = site.index_html(pages, repository="someone/lossreduce_demo", fast=False)
+    assert "colab.research.google.com/github/someone/lossreduce_demo/blob/main/notebooks/00_a.ipynb" in linked
+
+
+def test_an_existing_folder_that_is_not_a_site_is_never_replaced(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(SystemExit, match="not a site built by"):
+        site.build(tmp_path, fast=True, notebooks=[])
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_bad_options_name_the_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        site.main(["out", "--only", "99_nope.ipynb"])
+    assert exit_info.value.code == 2 and "--only: no such notebook 99_nope.ipynb" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        site.main(["out", "--repository", "not a repo"])
+    assert "--repository" in capsys.readouterr().err
