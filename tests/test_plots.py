@@ -154,6 +154,8 @@ CASES = {
     "share_by_bucket": (lambda: plots.share_by_bucket(
         {s: report.bucket_shares(report.length_profile(BATCH, WEIGHTS[s])) for s in SCHEMES[:3]}), None),
     "effective_vs_ideal": (_eff, r"max relative error \d"),
+    "tokenization_lengths": (lambda: plots.tokenization_lengths(
+        {"byte template": [5, 12, 30, 41, 60], "BPE": [3, 6, 14, 20, 26]}), r"0\.47× the loss tokens"),
     "training_curves": (lambda: plots.training_curves(_history()), None),
     "bucket_curves": (lambda: plots.bucket_curves(_history(), "token-mean"), None),
     "p_long_figure": (lambda: plots.p_long_figure(_p_long_table()), r"0\.15\d\npred\. 0\.148"),
