@@ -133,6 +133,8 @@ def cmd_weights(args) -> int:
     from .outputs import check_output_file, replacing
 
     out = check_output_file(args.out, inputs=[args.file]) if args.out is not None else None
+    if args.tokenizer == "":
+        raise OptionError("--tokenizer: empty folder name")
     if args.option and not args.framework:
         raise OptionError("--option needs --framework")
     given = [flag for flag, value in (("--scheme", args.scheme), ("--normalization", args.normalization),
@@ -146,7 +148,7 @@ def cmd_weights(args) -> int:
     from .reductions import Scheme
     from .report import weights_summary, weights_table
 
-    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer is not None else None
     scheme, rec, spelled = Scheme(args.scheme or "token-mean", alpha=args.alpha, l_max=args.l_max), None, ""
     normalization = args.normalization or "global"
     if args.framework:

@@ -405,9 +405,11 @@ def test_experiment_checks_its_destination_before_training(tmp_path, capsys, mon
     assert rc == 2 and err.startswith("error: unknown experiment 'e42'; choose one of e1,")
 
 
-def test_make_data_refuses_an_empty_out_dir(capsys):
+def test_empty_folder_names_are_errors_not_the_current_folder(capsys):
     rc, _, err = run_main(["make-data", "--out-dir", ""], capsys)
     assert rc == 2 and err == "error: --out-dir: empty folder name\n"
+    rc, _, err = run_main(["weights", DATA, "--tokenizer", ""], capsys)
+    assert rc == 2 and err == "error: --tokenizer: empty folder name\n"
 
 
 def test_internal_errors_are_tracebacks_not_one_line_errors(monkeypatch, capsys):
