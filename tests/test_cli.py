@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lossreduce_demo.cli import main
 from lossreduce_demo.reductions import SCHEMES
@@ -457,3 +459,37 @@ def test_sigterm_becomes_an_exception_while_a_command_runs(monkeypatch, capsys):
 def test_short_tables_say_how_many_rows_they_have(capsys):
     rc, out, _ = run_main(["weights", ROOT / "data" / "george_washington.jsonl"], capsys)
     assert rc == 0 and "per sample (1):" in out and "per assistant turn (3):" in out and "first 10 of" not in out
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8)
+_messages = st.lists(st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "system", "tool", "", "ASSISTANT"]) | _json_values},
+    optional={"content": st.text(max_size=12) | _json_values, "tool_calls": _json_values}), max_size=4)
+_lines = st.one_of(
+    st.builds(lambda m: json.dumps({"messages": m}), _messages),
+    st.builds(json.dumps, _json_values),
+    st.text(max_size=30),  # not JSON at all
+    st.just(json.dumps(GOOD)))
+_options = st.lists(st.sampled_from([
+    ["--scheme", "length-power", "--alpha", "-40"], ["--scheme", "seq-mean-token-sum-norm"], ["--format", "split"],
+    ["--format", "packed", "--row-len", "16"], ["--micro-batches", "7", "--normalization", "local"],
+    ["--ranks", "3"], ["--skip-no-assistant"], ["--scheme", "turn-mean"]]), max_size=3)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(_lines, min_size=0, max_size=5), options=_options)
+def test_any_file_gives_a_report_or_one_error_line_never_a_traceback_or_nan(tmp_path_factory, lines, options, capsys):
+    """The issue's promise as a property: whatever the file, `weights` exits 0 with finite numbers or 2 with
+    one `error:` line (plus `warning:` lines); an exception escaping `main` fails the test."""
+    path = tmp_path_factory.mktemp("fuzz") / "chats.jsonl"
+    path.write_text("\n".join(lines), encoding="utf-8", errors="surrogatepass")
+    rc, out, err = run_main(["weights", path, *[a for option in options for a in option]], capsys)
+    assert rc in (0, 2), (rc, err)
+    assert all(line.startswith(("error: ", "warning: ")) for line in err.splitlines()), err
+    if rc == 0:
+        assert "nan" not in out.lower() and "inf" not in out.lower().replace("info", "")
+    else:
+        assert err.splitlines()[-1].startswith("error: ") and out == ""
