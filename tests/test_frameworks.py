@@ -197,6 +197,29 @@ def test_a_real_trainer_step_with_gradient_accumulation_equals_the_preset():
     assert rel_diff(checks[False]["preset"], checks[True]["preset"]) > 1e-2  # negative control: naive vs fixed
 
 
+@needs_extra
+@pytest.mark.timeout(300)
+def test_a_real_ddp_trainer_step_under_torchrun_equals_the_preset_for_both_token_averaging_settings(tmp_path):
+    """Two gloo processes under torchrun, each a real `Trainer` with GA 2 (real_trainer.ddp_check): the DDP
+    gradient equals the preset's with `average_tokens_across_devices` True (1/N) and False (1/(R·N_r)), and the
+    two presets differ (the rank-local count is a different objective on a length-skewed batch)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", LOSSREDUCE_THREADS="1")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "lossreduce_demo.real_trainer", "--out", str(out)],
+                         capture_output=True, text=True, timeout=280, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["average_tokens_across_devices=True"] <= REL
+    assert result["average_tokens_across_devices=False"] <= REL
+    assert result["presets_differ_by"] > 1e-2
+
+
 # ---------------------------------------------------------------- TRL GRPO
 
 
