@@ -256,18 +256,20 @@ def main(argv=None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a file name that is not valid UTF-8 must not crash a print
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    args = build_parser().parse_args(argv)
+    command = "python -m lossreduce_demo"  # until the arguments are parsed (importing torch takes a while)
     with _sigterm_raises(), _warnings_as_lines():
         try:
+            args = build_parser().parse_args(argv)
+            command = args.command
             return COMMANDS[args.command](args)
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            print(f"error: {args.command} interrupted (Ctrl-C); stopped, nothing half-written", file=sys.stderr)
+            print(f"error: {command} interrupted (Ctrl-C); stopped, nothing half-written", file=sys.stderr)
             return 130
         except Terminated:
-            print(f"error: {args.command} terminated (SIGTERM); stopped, nothing half-written", file=sys.stderr)
+            print(f"error: {command} terminated (SIGTERM); stopped, nothing half-written", file=sys.stderr)
             return 143
 
 
