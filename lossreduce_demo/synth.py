@@ -29,8 +29,7 @@ FAMILIES = ("fixed", "uniform", "lognormal", "bimodal")
 LETTERS = string.ascii_lowercase
 SYSTEM_PROMPTS = ("You are a helpful assistant.", "Answer exactly.", "Follow the instruction.")
 BRANCH_PROMPT = "pick"
-BRANCH_SHORT = "S" + "xyz"  # 4 characters + <|eot|> = 5 loss tokens
-BRANCH_LONG = "L" + (LETTERS * 3)[:58]  # 59 characters + <|eot|> = 60 loss tokens
+BRANCH_SHORT_LEN, BRANCH_LONG_LEN = 5, 60  # loss tokens of the two branch replies, <|eot|> included
 
 
 def answer(task: str, letters: str) -> str:
@@ -150,8 +149,17 @@ def make_chats(
     return chats
 
 
-def branch_reply(long: bool) -> str:
-    return BRANCH_LONG if long else BRANCH_SHORT
+def branch_reply(long: bool, short_len: int = BRANCH_SHORT_LEN, long_len: int = BRANCH_LONG_LEN) -> str:
+    """The branch reply of `long_len` (or `short_len`) loss tokens with its <|eot|>: "L" (or "S") and letters
+    ("Sxyz", "Labc…" by default)."""
+    length = long_len if long else short_len
+    if isinstance(length, bool) or not isinstance(length, int) or length < 2:
+        raise ValueError(f"{'long' if long else 'short'}_len={length!r}: a branch reply needs an integer >= 2 "
+                         "loss tokens (its first letter and <|eot|>)")
+    return ("L" + LETTERS * (length // 26 + 1) if long else "S" + "xyz" * (length // 3 + 1))[:length - 1]
+
+
+BRANCH_SHORT, BRANCH_LONG = branch_reply(False), branch_reply(True)  # "Sxyz" (5 loss tokens), "Labc…" (60)
 
 
 def make_branch_chats(
@@ -160,12 +168,16 @@ def make_branch_chats(
     long_fraction: float = 0.2,
     context_turns: int = 0,
     context_len: int = 4,
+    short_len: int = BRANCH_SHORT_LEN,
+    long_len: int = BRANCH_LONG_LEN,
     seed: int = 0,
 ) -> list[Conversation]:
     """The branch task (docs/science.md E1, E4): after `context_turns` copy sessions of `context_len` letters,
-    the user says "pick" and the reply is long with probability `long_fraction`."""
+    the user says "pick" and the reply is long (`long_len` loss tokens) with probability `long_fraction`, else
+    short (`short_len`)."""
     if not 0.0 <= long_fraction <= 1.0:
         raise ValueError(f"long_fraction={long_fraction!r}: must be in [0, 1]")
+    replies = (branch_reply(False, short_len, long_len), branch_reply(True, short_len, long_len))
     rng = random.Random(seed)
     chats = []
     for _ in range(n):
@@ -173,7 +185,7 @@ def make_branch_chats(
         for _ in range(context_turns):
             messages += _session(rng, "copy", context_len)
         long = rng.random() < long_fraction
-        messages += [Message("user", BRANCH_PROMPT), Message("assistant", branch_reply(long))]
+        messages += [Message("user", BRANCH_PROMPT), Message("assistant", replies[long])]
         chats.append(Conversation(tuple(messages)))
     return chats
 

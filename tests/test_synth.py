@@ -133,6 +133,22 @@ def test_branch_chats_have_the_two_replies_in_the_asked_proportion():
         assert r.loss_tokens_per_turn() == [5, 5, 60 if is_long_branch(conv) else 5]
 
 
+@given(short=st.integers(2, 40), long=st.integers(2, 100), turns=st.integers(0, 2))
+@settings(max_examples=25, deadline=None)
+def test_branch_replies_have_the_asked_loss_tokens(short, long, turns):
+    chats = make_branch_chats(40, long_fraction=0.5, context_turns=turns, short_len=short, long_len=long, seed=1)
+    for conv in chats:
+        expected = long if is_long_branch(conv) else short
+        assert render(conv).loss_tokens_per_turn() == [5] * turns + [expected]
+        assert conv.messages[-1].content[0] == ("L" if is_long_branch(conv) else "S")
+
+
+@pytest.mark.parametrize("bad", [1, 0, 2.5, True])
+def test_branch_reply_lengths_below_two_tokens_are_rejected(bad):
+    with pytest.raises(ValueError, match="long_len=.*integer >= 2"):
+        make_branch_chats(4, long_len=bad)
+
+
 def test_make_data_regenerates_the_shipped_files_byte_for_byte(tmp_path):
     out = tmp_path / "data"
     done = subprocess.run([sys.executable, "-m", "lossreduce_demo", "make-data", "--out-dir", str(out)],
