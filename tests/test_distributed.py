@@ -170,12 +170,22 @@ def test_bad_settings_are_clear_errors():
 # ------------------------------------------------------------------ signals, temporary files, exposure
 
 
+def _own_session_with_ctrl_c() -> None:
+    """In the child before exec: its own session (a Ctrl-C can reach its whole process group) and SIGINT at its
+    default (a test run from a background shell inherits it ignored, and Python then never sees Ctrl-C)."""
+    import signal
+
+    os.setsid()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_dp_check(tmp_path):
-    """dp-check in its own session (so a Ctrl-C can reach its whole process group), temporary files in
-    tmp_path; returns the process once both ranks are up (their group formed, gloo listening)."""
+    """dp-check in its own session, temporary files in tmp_path; returns the process once both ranks are up
+    (their group formed, gloo listening)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(tmp_path), LOSSREDUCE_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "lossreduce_demo", "dp-check", "--ranks", "2"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_own_session_with_ctrl_c)
     for line in proc.stdout:
         if line.startswith("rank 1: world_size=2"):
             return proc
