@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("file", help="chat JSONL: one {'messages': [...]} per line")
     w.add_argument("--scheme", default=None, choices=SCHEMES, help="default: token-mean")
     w.add_argument("--alpha", type=_finite_float, default=0.5, help="exponent of length-power (any finite number)")
+    w.add_argument("--delta-l-alpha", type=_finite_float, default=1.0,
+                   help="α of delta-l (ΔL Normalization: sample weight ∝ n_i^-α; 1 = minimum variance)")
     w.add_argument("--format", default="multiturn", choices=LAYOUTS, dest="layout")
     w.add_argument("--ranks", type=bounded(1, MAX_RANKS), default=1, help="data-parallel ranks R")
     w.add_argument("--micro-batches", type=bounded(1, MAX_MICRO_BATCHES), default=1,
@@ -98,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out-dir", default=None,
                    help="default: the repository's data/ folder (required when the package is installed)")
 
-    e = sub.add_parser("experiment", help="run an experiment of docs/science.md (E1–E7), write NAME.csv and NAME.png")
+    e = sub.add_parser("experiment", help="run an experiment of docs/science.md (E1–E10), write NAME.csv and NAME.png")
     e.add_argument("name", help="e1, e2, ... (see README)")
     e.add_argument("--seeds", type=bounded(1, MAX_SEEDS), default=3)
     e.add_argument("--out", default="results")
@@ -149,7 +151,8 @@ def cmd_weights(args) -> int:
     from .report import weights_summary, weights_table
 
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer is not None else None
-    scheme, rec, spelled = Scheme(args.scheme or "token-mean", alpha=args.alpha, l_max=args.l_max), None, ""
+    scheme, rec, spelled = Scheme(args.scheme or "token-mean", alpha=args.alpha, l_max=args.l_max,
+                                  delta_l_alpha=args.delta_l_alpha), None, ""
     normalization = args.normalization or "global"
     if args.framework:
         from .frameworks import framework

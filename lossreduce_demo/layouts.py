@@ -4,6 +4,10 @@
 - `multiturn` (format B): one sample per conversation, loss on every assistant turn.
 - `packed`: several conversations per fixed-length row, positions restarting per conversation and a
   block-diagonal causal attention mask; a sample is still one conversation.
+- `packed-causal`: the same rows fed as a loader without `position_ids` / varlen attention feeds them (TRL
+  #1230, #3067): plain causal attention over the whole row and positions running on, so a conversation attends
+  to the ones before it in its row ("contamination", E9). Same tokens, labels and weights as `packed`; not one of
+  the suite's three formats (`LAYOUTS`), a mistake to measure.
 
 Labels live on the token sequence: `loss_mask[b, t]` says token t is a target (predicted from tokens < t),
 so the weight of a token is the weight of predicting it. The model sees `tokens[:, :-1]`, predicts `tokens[:, 1:]`.
@@ -14,7 +18,7 @@ padded slots (rows × row length; a slot costs ~190 bytes in a weights table, a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -27,6 +31,8 @@ from .hf_tokenizer import as_tokenizer
 from .tokenizer import ROLE_CODES, RenderedChat, render
 
 LAYOUTS = ("split", "multiturn", "packed")
+CONTAMINATED = "packed-causal"
+ALL_LAYOUTS = LAYOUTS + (CONTAMINATED,)
 IGNORE_INDEX = -100
 MAX_TOKENS = 1 << 22  # rendered tokens of all conversations of one layout (4,194,304)
 MAX_SLOTS = 1 << 22  # padded rows × row length of one layout
@@ -212,17 +218,35 @@ def packed_layout(conversations, row_len: int | None = None, tokenizer=None) -> 
     return rows.build("packed", row_len)
 
 
+def packed_causal_layout(conversations, row_len: int | None = None, tokenizer=None) -> Batch:
+    """`packed_layout`'s rows without the boundaries: positions 0..row_len-1 along the row and (through
+    layout="packed-causal") plain causal attention, so tokens see the earlier conversations of their row."""
+    batch = packed_layout(conversations, row_len, tokenizer)
+    running = torch.arange(batch.tokens.shape[1]).expand_as(batch.tokens)
+    return replace(batch, position=torch.where(batch.segment_id >= 0, running, 0), layout=CONTAMINATED)
+
+
+def rows_as_samples(batch: Batch) -> Batch:
+    """The batch with each row one sample (sample id = row on its used slots): what a loss that sees only the loss
+    mask does with packed rows (OpenRLHF before PR #923, tunix before PR #1662). seq-mean-token-mean of it is the
+    per-row mean, 1 / (rows · loss tokens of the row): token-mean within a row, sample-mean across rows (E9)."""
+    rows = torch.arange(batch.tokens.shape[0])[:, None].expand_as(batch.sample_id)
+    return replace(batch, sample_id=torch.where(batch.segment_id >= 0, rows, -1))
+
+
 def make_layout(conversations, layout: str, *, max_len: int | None = None, row_len: int | None = None,
                 tokenizer=None) -> Batch:
-    """Dispatch by name: split | multiturn | packed; `tokenizer`: None (the byte template) or a ChatTokenizer or
-    tokenizer directory (hf_tokenizer)."""
+    """Dispatch by name: split | multiturn | packed | packed-causal; `tokenizer`: None (the byte template) or a
+    ChatTokenizer or tokenizer directory (hf_tokenizer)."""
     if layout == "split":
         return split_layout(conversations, max_len, tokenizer)
     if layout == "multiturn":
         return multiturn_layout(conversations, max_len, tokenizer)
     if layout == "packed":
         return packed_layout(conversations, row_len or max_len, tokenizer)
-    raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if layout == CONTAMINATED:
+        return packed_causal_layout(conversations, row_len or max_len, tokenizer)
+    raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(ALL_LAYOUTS)}")
 
 
 def completion_batch(lengths, *, masked=(), prompt: str = "?") -> Batch:

@@ -10,6 +10,7 @@ Every scheme gives token t of sample i the weight  w = numerator(i, t) / denomin
     token-sum                 1                1
     turn-mean                 1 / n_turn       T_g    assistant turns with >= 1 loss token
     length-power (alpha)      n_i^(alpha-1)    sum_j n_j^alpha
+    delta-l (delta_l_alpha)   n_i^(-a)         sum_j n_j^(-a)   (a = delta_l_alpha)
 
 and the loss is sum(w * l). length-power computes both with lengths divided by a reference length c (the longest
 sample of the normalisation window for alpha >= 0, the shortest for alpha < 0; c cancels), so the largest power is 1
@@ -27,6 +28,12 @@ micro-batches; denominators are sums over a *window* of micro-batches (`BatchSta
 with `average_tokens_across_devices=False`). A global window may also span only `window_steps` consecutive
 accumulation steps (TRL's `steps_per_generation`): c = R·S/K. Two more choices live in `Scheme`: whether
 samples without loss tokens count in B (`count_empty`) and where L_max comes from (`l_max`, `l_max_scope`).
+
+delta-l is ΔL Normalization (He et al., arXiv 2509.07558): sample i's summed gradient g_i gets the weight
+x_i = n_i^-a / sum_j n_j^-a, so sum_i x_i = 1 (unbiased for E[g_i] when that does not depend on length) and, with
+Var(g_i) ∝ n_i, a = 1 minimises the variance. Per token it is length-power with alpha = 1 - a times the batch scalar
+sum_j n_j^(1-a) / sum_j n_j^-a: at a = 1 seq-mean-token-mean times the batch's harmonic-mean length, at a = 0
+exactly seq-mean-token-sum (docs/science.md §6.1).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ SCHEMES = (
     "token-sum",
     "turn-mean",
     "length-power",
+    "delta-l",
 )
 NORMALIZATIONS = ("global", "local", "rank")
 L_MAX_SCOPES = ("batch", "micro-batch")
@@ -59,25 +67,41 @@ class Scheme:
     """A reduction scheme; `alpha` is used by length-power, `l_max` by seq-mean-token-sum-norm (None: the longest
     sample's loss-token count, in the global batch fixed before micro-batching, or with
     `l_max_scope="micro-batch"` in each micro-batch: verl's padded response width). `count_empty`: samples
+<<<<<<< HEAD
     without any loss token count in B (TRL's `per_token_loss.size(0)`, verl's `global_batch_size`). L_max is a
     token count (>= 1). `length_ref`: length-power's reference length c (None: taken from the batch or window)."""
+=======
+    without any loss token count in B (TRL's `per_token_loss.size(0)`, verl's `global_batch_size`).
+    `delta_l_alpha` is delta-l's α (1: its minimum-variance setting, 0: seq-mean-token-sum)."""
+>>>>>>> 4561372 (delta-l scheme (ΔL Normalization) with tests; packed-causal layout and rows_as_samples (E9); variance module and E8 draft)
 
     name: str = "token-mean"
     alpha: float = 0.5
     l_max: float | None = None
     l_max_scope: str = "batch"
     count_empty: bool = False
+<<<<<<< HEAD
     length_ref: float | None = None
+=======
+    delta_l_alpha: float = 1.0
+>>>>>>> 4561372 (delta-l scheme (ΔL Normalization) with tests; packed-causal layout and rows_as_samples (E9); variance module and E8 draft)
 
     def __post_init__(self):
         if self.name not in SCHEMES:
             raise ValueError(f"unknown scheme {self.name!r}; choose one of {', '.join(SCHEMES)}")
         if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha)):
             raise ValueError(f"alpha={self.alpha!r}: must be a finite number")
+<<<<<<< HEAD
         if self.l_max is not None and not (math.isfinite(self.l_max) and self.l_max >= 1):
             raise ValueError(f"l_max={self.l_max!r}: must be a token count >= 1")
         if self.length_ref is not None and not (math.isfinite(self.length_ref) and self.length_ref >= 1):
             raise ValueError(f"length_ref={self.length_ref!r}: must be a token count >= 1")
+=======
+        if not (isinstance(self.delta_l_alpha, (int, float)) and math.isfinite(self.delta_l_alpha)):
+            raise ValueError(f"delta_l_alpha={self.delta_l_alpha!r}: must be a finite number")
+        if self.l_max is not None and not (math.isfinite(self.l_max) and self.l_max > 0):
+            raise ValueError(f"l_max={self.l_max!r}: must be a number > 0")
+>>>>>>> 4561372 (delta-l scheme (ΔL Normalization) with tests; packed-causal layout and rows_as_samples (E9); variance module and E8 draft)
         if self.l_max_scope not in L_MAX_SCOPES:
             raise ValueError(f"l_max_scope={self.l_max_scope!r}: choose one of {', '.join(L_MAX_SCOPES)}")
 
@@ -85,6 +109,8 @@ class Scheme:
     def label(self) -> str:
         if self.name == "length-power":
             return f"length-power α={self.alpha:g}"
+        if self.name == "delta-l":
+            return f"delta-l α={self.delta_l_alpha:g}"
         label = self.name
         if self.name == "seq-mean-token-sum-norm":
             label += f" L={self.l_max:g}" if self.l_max is not None else \
@@ -103,7 +129,11 @@ class BatchStats:
     n_tokens: float  # N: loss tokens
     n_samples: float  # B_g: samples with at least one loss token (every sample with `count_empty`)
     n_turns: float  # T_g: assistant turns with at least one loss token
+<<<<<<< HEAD
     power_sum: float  # sum_i (n_i / c)^alpha over samples with loss tokens (length-power, c = length_ref)
+=======
+    power_sum: float  # sum_i n_i^alpha (length-power) or n_i^-delta_l_alpha (delta-l) over samples with loss tokens
+>>>>>>> 4561372 (delta-l scheme (ΔL Normalization) with tests; packed-causal layout and rows_as_samples (E9); variance module and E8 draft)
 
     def __add__(self, other: BatchStats) -> BatchStats:
         return BatchStats(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple())))
@@ -133,6 +163,7 @@ def batch_stats(batch: Batch, scheme: Scheme) -> BatchStats:
         n_tokens=float(mask.sum()),
         n_samples=float(samples),
         n_turns=float((per_turn > 0).sum()),
+<<<<<<< HEAD
         power_sum=float(((present / scheme.length_ref) ** scheme.alpha).sum()) if scheme.name == "length-power"
         else 0.0,
     )
@@ -147,6 +178,19 @@ def with_length_ref(batch: Batch, scheme: Scheme) -> Scheme:
     lengths = lengths[lengths > 0]
     ref = float(lengths.max() if scheme.alpha >= 0 else lengths.min()) if lengths.numel() else 1.0
     return replace(scheme, length_ref=ref)
+=======
+        power_sum=float((present**power_exponent(scheme)).sum()) if power_exponent(scheme) is not None else 0.0,
+    )
+
+
+def power_exponent(scheme: Scheme) -> float | None:
+    """The exponent e of the denominator sum_j n_j^e of length-power (alpha) and delta-l (-delta_l_alpha)."""
+    if scheme.name == "length-power":
+        return scheme.alpha
+    if scheme.name == "delta-l":
+        return -scheme.delta_l_alpha
+    return None
+>>>>>>> 4561372 (delta-l scheme (ΔL Normalization) with tests; packed-causal layout and rows_as_samples (E9); variance module and E8 draft)
 
 
 def resolve_l_max(batch: Batch, scheme: Scheme) -> Scheme:
@@ -177,6 +221,7 @@ def token_numerators(batch: Batch, scheme: Scheme) -> torch.Tensor:
         out[mask] = 1.0 / scheme.l_max
     elif name == "turn-mean":
         out[mask] = 1.0 / _counts(batch.turn_id, mask)[batch.turn_id[mask]]
+<<<<<<< HEAD
     elif name == "seq-mean-token-mean":
         out[mask] = 1.0 / _counts(batch.sample_id, mask)[batch.sample_id[mask]]
     else:  # length-power: n^(alpha-1) = (n/c)^(alpha-1) / c * c^alpha, and c^alpha cancels with the denominator's
@@ -184,6 +229,13 @@ def token_numerators(batch: Batch, scheme: Scheme) -> torch.Tensor:
             raise ValueError("length-power needs length_ref: call with_length_ref on the window first")
         ref = scheme.length_ref
         out[mask] = (_counts(batch.sample_id, mask)[batch.sample_id[mask]] / ref) ** (scheme.alpha - 1.0) / ref
+=======
+    elif name == "delta-l":  # every token of sample i gets the sample's weight x_i ∝ n_i^(-alpha)
+        out[mask] = _counts(batch.sample_id, mask)[batch.sample_id[mask]] ** -scheme.delta_l_alpha
+    else:  # seq-mean-token-mean, length-power
+        n_i = _counts(batch.sample_id, mask)[batch.sample_id[mask]]
+        out[mask] = 1.0 / n_i if name == "seq-mean-token-mean" else n_i ** (scheme.alpha - 1.0)
+>>>>>>> 4561372 (delta-l scheme (ΔL Normalization) with tests; packed-causal layout and rows_as_samples (E9); variance module and E8 draft)
     return out
 
 
@@ -195,7 +247,7 @@ def denominator(scheme: Scheme, stats: BatchStats) -> float:
         return 1.0
     if name == "turn-mean":
         return stats.n_turns
-    if name == "length-power":
+    if name in ("length-power", "delta-l"):
         return stats.power_sum
     return stats.n_samples
 

@@ -7,6 +7,8 @@ response-length bucket can be measured:
     user: "rev qhxk"   -> assistant: "kxhq"
     user: "next qhxk"  -> assistant: "riyl"   (each letter shifted by one)
 
+`make_noisy_tail_chats` (E8): "say 7 ...." -> "7" + random letters, one informative token and a noisy tail.
+
 The branch task of docs/science.md E1/E4: user "pick" -> "S" + 3 letters (5 loss tokens with <|eot|>) or
 "L" + 58 letters (60 loss tokens); only the first reply token is random, the rest is fixed.
 Everything is drawn from `random.Random(seed)`, so a seed gives byte-identical data on every platform.
@@ -187,6 +189,21 @@ def make_branch_chats(
         long = rng.random() < long_fraction
         messages += [Message("user", BRANCH_PROMPT), Message("assistant", replies[long])]
         chats.append(Conversation(tuple(messages)))
+    return chats
+
+
+def make_noisy_tail_chats(n: int, *, lengths: LengthSpec = LengthSpec("lognormal", mean=10, sigma=0.8, max_len=56),
+                          seed: int = 0) -> list[Conversation]:
+    """One informative token per reply, then pure noise (docs/science.md E8): the user says "say d ....." (a digit
+    and k dots), the reply is d + k random letters. Only d carries signal; the letters cannot be predicted, so each
+    adds gradient noise and no signal, as the tokens of a long RL response do under one sequence-level reward
+    (ΔL Normalization's model). The dots let the model time <|eot|>."""
+    rng = random.Random(seed)
+    chats = []
+    for _ in range(n):
+        k, digit = lengths.sample(rng), str(rng.randrange(10))
+        tail = "".join(rng.choice(LETTERS) for _ in range(k))
+        chats.append(Conversation((Message("user", f"say {digit} {'.' * k}"), Message("assistant", digit + tail))))
     return chats
 
 

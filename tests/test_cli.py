@@ -43,7 +43,8 @@ def expected_total(table: pd.DataFrame, scheme: str, l_max: float | None = None)
     loss = table[table.loss_mask == 1]
     per_sample = loss.groupby("sample").size()
     N, B_g = len(loss), len(per_sample)
-    return {"seq-mean-token-sum": N / B_g, "token-sum": float(N),
+    delta_l = float((per_sample**0.5).sum() / (per_sample**-0.5).sum())  # WEIGHT_RUNS' delta-l α = 0.5
+    return {"seq-mean-token-sum": N / B_g, "token-sum": float(N), "delta-l": delta_l,
             "seq-mean-token-sum-norm": N / (B_g * (l_max or per_sample.max()))}.get(scheme, 1.0)
 
 
@@ -136,6 +137,7 @@ WEIGHT_RUNS = [
     ("token-sum", "packed", ["--ranks", "4", "--row-len", "200"]),
     ("turn-mean", "multiturn", ["--ranks", "2", "--micro-batches", "2"]),
     ("length-power", "split", ["--alpha", "0.25"]),
+    ("delta-l", "packed", ["--delta-l-alpha", "0.5"]),
 ]
 
 
@@ -146,7 +148,8 @@ def test_weights_for_every_scheme_and_format(tmp_path, capsys, scheme, layout, e
                             capsys)
     assert rc == 0, err
     l_max = float(extra[extra.index("--l-max") + 1]) if "--l-max" in extra else None
-    shown = f"scheme={scheme}" if scheme != "length-power" else "scheme=length-power α=0.25"
+    shown = {"length-power": "scheme=length-power α=0.25", "delta-l": "scheme=delta-l α=0.5"}.get(scheme,
+                                                                                                 f"scheme={scheme}")
     check_weights_output(out.replace(shown, f"scheme={scheme}"), csv, scheme, l_max)
 
 

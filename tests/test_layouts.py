@@ -9,13 +9,20 @@ from hypothesis import strategies as st
 
 from lossreduce_demo.chats import ChatFormatError, Conversation, Message, conversation, load_chats
 from lossreduce_demo.layouts import (
+    ALL_LAYOUTS,
+    CONTAMINATED,
     IGNORE_INDEX,
     LAYOUTS,
     layout_waste,
     make_layout,
+    multiturn_layout,
+    packed_causal_layout,
     packed_layout,
+    rows_as_samples,
     split_layout,
 )
+from lossreduce_demo.model import GPT, GPTConfig
+from lossreduce_demo.reductions import token_weights
 from lossreduce_demo.synth import LengthSpec, make_chats
 from lossreduce_demo.tokenizer import (
     ASSISTANT,
@@ -183,7 +190,90 @@ def test_packed_rows_fit_keep_order_and_attend_block_diagonally(convs, extra):
     assert mask.any(-1).all()  # no query attends to nothing (would be NaN)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
+@PROPERTY
+@given(convs=st.lists(conversations(), min_size=1, max_size=8), extra=st.integers(0, 60))
+def test_packed_causal_has_packed_rows_with_running_positions_and_no_boundaries(convs, extra):
+    row_len = max(len(render(c)) for c in convs) + extra
+    packed, causal = packed_layout(convs, row_len), packed_causal_layout(convs, row_len)
+    for field in ("tokens", "loss_mask", "sample_id", "conversation_id", "turn_id", "segment_id", "role"):
+        assert torch.equal(getattr(causal, field), getattr(packed, field)), field
+    used = packed.segment_id >= 0
+    running = torch.arange(row_len).expand_as(used)
+    assert torch.equal(causal.position[used], running[used]) and (causal.position[~used] == 0).all()
+    assert causal.layout == CONTAMINATED and causal.model_inputs()["attn_mask"] is None
+    assert torch.equal(make_layout(convs, CONTAMINATED, row_len=row_len).position, causal.position)
+
+
+CONTAMINATION_CHATS = make_chats(6, turns=(1, 2), seed=5)
+
+
+def test_contaminated_rows_change_every_conversation_but_the_first_of_its_row():
+    """Causal attention from position 0 is the same as the block-diagonal mask for a row's first conversation;
+    every later one sees the conversations before it (and shifted positions), so its losses change."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(context_len=256)).eval()
+    row_len = 200
+    packed, causal = packed_layout(CONTAMINATION_CHATS, row_len), packed_causal_layout(CONTAMINATION_CHATS, row_len)
+    assert int(packed.segment_id.max()) >= 1  # some row holds two conversations
+    with torch.no_grad():
+        loss = {b.layout: torch.nn.functional.pad(model(**b.model_inputs())[1], (1, 0)) for b in (packed, causal)}
+    first = packed.loss_mask & (packed.segment_id == 0)
+    later = packed.loss_mask & (packed.segment_id > 0)
+    torch.testing.assert_close(loss[CONTAMINATED][first], loss["packed"][first], rtol=1e-5, atol=1e-6)
+    differs = (loss[CONTAMINATED] - loss["packed"]).abs() > 1e-4
+    for row, seg in {(int(r), int(s)) for r, s in zip(*later.nonzero(as_tuple=True)) for s in [packed.segment_id[r, s]]}:
+        in_segment = later[row] & (packed.segment_id[row] == seg)
+        assert differs[row][in_segment].any()
+
+
+@PROPERTY
+@given(convs=st.lists(conversations(), min_size=1, max_size=8), extra=st.integers(0, 60),
+       layout=st.sampled_from(["split", "packed", CONTAMINATED]))
+def test_token_mean_weights_do_not_depend_on_the_layout(convs, extra, layout):
+    """Every loss token weighs 1/N however conversations are cut into rows (N counts tokens, not rows)."""
+    row_len = max(len(render(c)) for c in convs) + extra
+    reference, other = multiturn_layout(convs), make_layout(convs, layout, row_len=row_len)
+    n = int(reference.loss_mask.sum())
+    assert int(other.loss_mask.sum()) == n
+    w_ref, w = token_weights(reference, "token-mean"), token_weights(other, "token-mean")
+    torch.testing.assert_close(w[other.loss_mask], torch.full((n,), 1 / n, dtype=w.dtype), rtol=1e-12, atol=0)
+    torch.testing.assert_close(w.sum(), w_ref.sum(), rtol=1e-12, atol=1e-12)
+
+
+@PROPERTY
+@given(convs=st.lists(conversations(), min_size=1, max_size=8), extra=st.integers(0, 60))
+def test_the_per_row_mean_of_packed_rows_weighs_each_token_one_over_rows_times_row_tokens(convs, extra):
+    """"sample = row": w = 1/(R·n_r). It is token-mean when every row has the same loss tokens and seq-mean over
+    conversations when every row holds one conversation — in general neither."""
+    row_len = max(len(render(c)) for c in convs) + extra
+    packed = packed_layout(convs, row_len)
+    per_row = token_weights(rows_as_samples(packed), "seq-mean-token-mean")
+    n_r = packed.loss_mask.sum(1)
+    rows_with_loss = int((n_r > 0).sum())
+    expected = torch.where(packed.loss_mask, 1.0 / (rows_with_loss * n_r.clamp(min=1))[:, None].double(), 0.0)
+    torch.testing.assert_close(per_row, expected, rtol=1e-12, atol=0)
+    same_row_tokens = len(set(n_r[n_r > 0].tolist())) == 1
+    one_per_row = all(len(set(packed.conversation_id[r][packed.loss_mask[r]].tolist())) <= 1
+                      for r in range(packed.tokens.shape[0]))
+    token_mean = token_weights(packed, "token-mean")
+    seq_mean = token_weights(packed, "seq-mean-token-mean")
+    assert torch.allclose(per_row, token_mean, rtol=1e-12, atol=1e-15) == same_row_tokens
+    if one_per_row:
+        torch.testing.assert_close(per_row, seq_mean, rtol=1e-12, atol=1e-15)
+
+
+def test_the_per_row_mean_is_neither_token_mean_nor_seq_mean_on_branch_rows():
+    """Two rows: one long branch reply with five short ones, and four short ones."""
+    from lossreduce_demo.synth import make_branch_chats
+
+    chats = make_branch_chats(40, seed=3)
+    packed = packed_layout(chats, 129)
+    per_row = token_weights(rows_as_samples(packed), "seq-mean-token-mean")
+    for other in ("token-mean", "seq-mean-token-mean"):
+        assert not torch.allclose(per_row, token_weights(packed, other), rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ALL_LAYOUTS)
 def test_model_inputs_shift_targets_and_mask_padding(layout):
     convs = make_chats(5, turns=(1, 3), seed=11)
     batch = make_layout(convs, layout, row_len=128)

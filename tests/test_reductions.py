@@ -85,6 +85,8 @@ def oracle_weights(samples: list[list[int]], scheme: Scheme, header: int = 1) ->
                     "turn-mean": 1 / (T_g * n),
                     "length-power": n_i[b] ** (scheme.alpha - 1)
                     / sum(m**scheme.alpha for m in n_i if m > 0),
+                    "delta-l": n_i[b] ** -scheme.delta_l_alpha
+                    / sum(m**-scheme.delta_l_alpha for m in n_i if m > 0),
                 }[scheme.name]
                 t += 1
     return out
@@ -97,6 +99,7 @@ schemes = st.builds(
     st.sampled_from(SCHEMES),
     alpha=st.floats(-1.0, 2.0, allow_nan=False),
     l_max=st.none() | st.floats(1.0, 100.0, allow_nan=False),
+    delta_l_alpha=st.floats(-1.0, 2.0, allow_nan=False),
 )
 ranks = st.integers(1, 4)
 micro = st.integers(1, 4)
@@ -140,8 +143,66 @@ def test_weights_are_finite_nonnegative_and_sum_as_the_scheme_says(samples, sche
         "seq-mean-token-sum": N / B_g,
         "seq-mean-token-sum-norm": N / (B_g * l_max),
         "token-sum": float(N),
+        "delta-l": sum(n ** (1 - scheme.delta_l_alpha) for n in n_i if n > 0)
+        / sum(n**-scheme.delta_l_alpha for n in n_i if n > 0),
     }[scheme.name]
     assert float(w.sum()) == pytest.approx(expected, rel=1e-12)
+
+
+def sample_weights(batch: Batch, w: torch.Tensor) -> torch.Tensor:
+    """The weight x_i each sample's summed gradient gets (every scheme here is constant within a sample)."""
+    n_i = batch.loss_mask.sum(1)
+    return torch.where(n_i > 0, w.sum(1) / n_i.clamp(min=1), 0.0)
+
+
+@PROPERTY
+@given(samples=sample_lists, a=st.floats(-1.0, 2.0, allow_nan=False))
+def test_delta_l_sample_weights_sum_to_one_and_it_is_length_power_times_a_batch_scalar(samples, a):
+    """ΔL's x_i = n_i^-a / sum_j n_j^-a: an unbiased combination of the samples' summed gradients (sum_i x_i = 1);
+    per token the shape of length-power with alpha = 1 - a, scaled by sum_j n_j^(1-a) / sum_j n_j^-a."""
+    batch = make_batch(samples)
+    w = token_weights(batch, Scheme("delta-l", delta_l_alpha=a))
+    n = torch.tensor([float(sum(s)) for s in samples], dtype=torch.float64)
+    present = n[n > 0]
+    if not len(present):
+        assert (w == 0).all()
+        return
+    assert float(sample_weights(batch, w).sum()) == pytest.approx(1.0, rel=1e-12)
+    scale = float((present ** (1 - a)).sum() / (present**-a).sum())
+    torch.testing.assert_close(w, token_weights(batch, Scheme("length-power", alpha=1 - a)) * scale,
+                               rtol=1e-12, atol=1e-300)
+
+
+@PROPERTY
+@given(samples=sample_lists)
+def test_delta_l_limits_are_seq_mean_token_sum_and_seq_mean_times_the_harmonic_mean_length(samples):
+    batch = make_batch(samples)
+    dl = lambda a: token_weights(batch, Scheme("delta-l", delta_l_alpha=a))
+    torch.testing.assert_close(dl(0.0), token_weights(batch, "seq-mean-token-sum"), rtol=1e-12, atol=1e-300)
+    present = torch.tensor([float(sum(s)) for s in samples if sum(s) > 0], dtype=torch.float64)
+    harmonic = len(present) / float((1 / present).sum()) if len(present) else 0.0
+    torch.testing.assert_close(dl(1.0), token_weights(batch, "seq-mean-token-mean") * harmonic,
+                               rtol=1e-12, atol=1e-300)
+
+
+@PROPERTY
+@given(samples=sample_lists, a=st.floats(0.0, 1.0), b=st.floats(0.0, 1.0))
+def test_a_larger_delta_l_alpha_moves_weight_from_long_to_short_samples(samples, a, b):
+    """Between a = 0 (every token of every sample the same weight, token-mean's shape) and a = 1 (seq-mean's
+    shape) the long-to-short per-token weight ratio (n_long / n_short)^-a falls monotonically."""
+    batch = make_batch(samples)
+    lo, hi = sorted((a, b))
+    n = torch.tensor([float(sum(s)) for s in samples], dtype=torch.float64)
+    if (n > 0).sum() < 2 or n.max() == n[n > 0].min():
+        return
+    long, short = int(n.argmax()), int(torch.where(n > 0, n, math.inf).argmin())
+
+    def ratio(x):  # per-token weight of the longest sample over the shortest's
+        weights = sample_weights(batch, token_weights(batch, Scheme("delta-l", delta_l_alpha=x)))
+        return float(weights[long] / weights[short])
+
+    assert ratio(hi) <= ratio(lo) * (1 + 1e-12)
+    assert ratio(lo) == pytest.approx(float(n[long] / n[short]) ** -lo, rel=1e-9)
 
 
 @PROPERTY
@@ -355,6 +416,7 @@ def test_science_5_5_41_example():
     (dict(name="mean"), "unknown scheme"),
     (dict(name="length-power", alpha=math.nan), "alpha"),
     (dict(name="length-power", alpha=math.inf), "alpha"),
+    (dict(name="delta-l", delta_l_alpha=math.nan), "delta_l_alpha"),
     (dict(name="seq-mean-token-sum-norm", l_max=-1.0), "l_max"),
     (dict(name="seq-mean-token-sum-norm", l_max=0.0), "l_max"),
     (dict(name="seq-mean-token-sum-norm", l_max=math.nan), "l_max"),

@@ -28,6 +28,7 @@ REGISTRY: dict[str, str] = {
     "e5": "sft:run_e5",  # sum vs mean vs optimizer
     "e6": "rl:run_e6",  # RL, DAPO analogue
     "e7": "rl:run_e7",  # RL, Dr. GRPO
+    "e8": "gradient_noise:run_e8",  # gradient variance vs length, ΔL Normalization
 }
 
 

@@ -21,6 +21,7 @@ SCHEME_COLORS = {
     "token-sum": "#000000",
     "turn-mean": "#CC79A7",
     "length-power": "#56B4E9",
+    "delta-l": "#882255",  # Paul Tol's wine (the Okabe–Ito eight are taken)
 }
 ROLE_COLORS = {"pad": "#DDDDDD", "bos": "#999999", "system": "#CC79A7", "user": "#56B4E9", "assistant": "#E69F00"}
 
@@ -114,6 +115,7 @@ def _enable_inline_display() -> None:
 
 _enable_inline_display()
 
+from . import beyond as beyond  # noqa: E402  (notebook 08 / E8–E10: plots.beyond.e8_figure, ...)
 from . import rl as rl  # noqa: E402  (RL figures keep their own namespace: plots.rl.ratio_curves, ...)
 from .dp import *  # noqa: E402, F403
 from .tokenizers import *  # noqa: E402, F403
