@@ -78,6 +78,20 @@ def sample_weights(batch: Batch, scheme) -> np.ndarray:
     return (w.sum(1) / batch.loss_mask.sum(1).clamp(min=1)).numpy()
 
 
+def weights_by_length(pool: Batch, schemes) -> pd.DataFrame:
+    """Per scheme and response length: a token's share of the pool's total weight relative to token-mean's (the
+    weight map's shape, scale removed: delta-l a lies on length-power 1 − a, between seq-mean-token-mean ∝ 1/n
+    and token-mean, flat)."""
+    lengths = pool.loss_mask.sum(1).numpy()
+    rows = []
+    for scheme in map(as_scheme, schemes):
+        x = sample_weights(pool, scheme)
+        ratio = x / (x * lengths).sum() * lengths.sum()
+        frame = pd.DataFrame(dict(length=lengths, ratio=ratio)).groupby("length", as_index=False).ratio.mean()
+        rows.append(frame.assign(scheme=scheme.label))
+    return pd.concat(rows, ignore_index=True)
+
+
 @dataclass
 class MiniBatches:
     """Random mini-batches of a pool of single-turn rows and every scheme's sample weights on them."""

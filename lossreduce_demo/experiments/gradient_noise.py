@@ -43,8 +43,10 @@ TRAINED_SCHEMES = (Scheme("token-mean"), Scheme("seq-mean-token-mean"), Scheme("
                    Scheme("delta-l", delta_l_alpha=1.0))
 DELTA_L = "delta-l α=1"
 CHECKPOINT_STEPS = 30  # gradients are measured on a model trained this long with token-mean (early training)
-THRESHOLD_MARGIN = 0.2  # nats/token above the noisy tail's exact held-out floor
+THRESHOLD_MARGIN = 0.3  # nats/token above the noisy tail's exact held-out floor
 SLOPE_SUM, SLOPE_MEAN = (0.8, 1.3), (-1.3, -0.7)  # accepted log-log slopes of Var(g_i) and Var(g_i / n_i)
+UNBIASED_FAMILY = ("seq-mean-token-sum", "delta-l α=0.5", "delta-l α=1")  # Σ_i x_i = 1: ΔL a = 0, ½, 1
+FAMILY_TOLERANCE = 0.20  # measured Var(a) / Var(0) within 20 % of the noise model's
 
 
 def noisy_tail_floor(heldout) -> float:
@@ -63,15 +65,16 @@ def steps_to(curve: pd.Series, level: float) -> float:
 
 def _prediction_lines(predicted: dict[str, pd.DataFrame]) -> list[str]:
     lines = ["E8 predicted: Var(summed gradient g_i) ∝ n_i^+1 and Var(g_i / n_i) ∝ n_i^-1 (independent token "
-             "gradients); relative variance of each scheme's mini-batch step from the lengths alone "
-             "(× V/‖μ‖², the token noise part):"]
+             "gradients). Among the unbiased weightings Σ x_i = 1 (ΔL a = 0, ½, 1) the step's variance "
+             "V·E[Σ x_i² n_i], from the lengths alone, relative to a = 0:"]
     for name, frame in predicted.items():
-        best = frame.loc[frame.token_noise.idxmin(), "scheme"]
-        cells = ", ".join(f"{r.scheme} {r.token_noise / frame.token_noise.min():.2f}" for r in frame.itertuples())
-        lines.append(f"  {name} ({DATASETS[name][1]} signal): lowest {best}; relative to it: {cells}")
+        noise = frame.set_index("scheme").noise
+        cells = ", ".join(f"{s} {noise[s] / noise[UNBIASED_FAMILY[0]]:.2f}" for s in UNBIASED_FAMILY[1:])
+        rel = frame.set_index("scheme").token_noise
+        lines.append(f"  {name}: {cells}; noise-to-signal ΔL α=1 ÷ token-mean {rel[DELTA_L] / rel['token-mean']:.2f} "
+                     f"if the signal is {DATASETS[name][1]}")
     lines.append("  ΔL's expected step equals E_i[g_i] only if E[g_i | n_i] is the same for every length: not in "
-                 "copying (long replies carry more, and different, signal); steps to a held-out loss: ΔL fastest "
-                 "on the noisy tail (the paper's claim, tested).")
+                 "copying (cosine < 0.95); the paper's faster convergence is tested on the noisy tail.")
     return lines
 
 
@@ -118,7 +121,7 @@ def run_e8(seeds: int = 3) -> ExperimentResult:
         heldout = make(pick(64, 16), 9500 + seed)
         threshold = noisy_tail_floor(heldout) + THRESHOLD_MARGIN
         result = train(make(pick(512, 64), 9000 + seed), TRAINED_SCHEMES,
-                       TrainConfig(steps=pick(150, 12), eval_every=pick(5, 4), seed=seed, progress=not fast_mode()),
+                       TrainConfig(steps=pick(120, 12), eval_every=pick(5, 4), seed=seed, progress=not fast_mode()),
                        heldout=heldout)
         h = result.history[(result.history.metric == "heldout_loss") & result.history.bucket.isna()]
         wide = h.pivot(index="step", columns="scheme", values="value")
@@ -133,7 +136,8 @@ def run_e8(seeds: int = 3) -> ExperimentResult:
     by_length = pd.concat([t[0] for t in tables], ignore_index=True)
     steps = pd.concat([t[1] for t in tables], ignore_index=True)
     verdict = _e8_verdict(frame, steps)
-    figure = e8_figure(by_length, steps, pd.concat(curves, ignore_index=True))
+    profile = variance.weights_by_length(prepared[0, "noisy tail"][0], GRADIENT_SCHEMES)
+    figure = e8_figure(by_length, steps, pd.concat(curves, ignore_index=True), profile)
     return _finish("e8", rows, curves, verdict, figure, started)
 
 
@@ -146,12 +150,25 @@ def _e8_verdict(frame: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
                                 predicted=float(sel.predicted.iloc[0]), measured=float(sel.value.mean()),
                                 passed=_judge(sel.value.between(*band).all())))
         own = steps[steps.data == name].set_index(["seed", "scheme"])
-        ratio = lambda column: (own[column].xs(DELTA_L, level="scheme") / own[column].xs("token-mean", level="scheme"))
-        predicted, measured = ratio("token_noise"), ratio("relative_variance")
-        agree = ((predicted > 1) == (measured > 1)) & (np.abs(np.log(measured / predicted)) <= math.log(1.5))
-        verdict.append(dict(what=f"{name}: relative variance ΔL α=1 ÷ token-mean (same side of 1, within 1.5×)",
-                            predicted=float(predicted.mean()), measured=float(measured.mean()),
-                            passed=_judge(bool(agree.all()))))
+        ratio = lambda column, scheme: (own[column].xs(scheme, level="scheme")
+                                        / own[column].xs(UNBIASED_FAMILY[0], level="scheme"))
+        for scheme in UNBIASED_FAMILY[1:]:
+            predicted, measured = ratio("noise", scheme), ratio("variance", scheme)
+            close = np.abs(measured / predicted - 1) <= FAMILY_TOLERANCE
+            verdict.append(dict(what=f"{name}: Var(step) {scheme} ÷ a=0 within {FAMILY_TOLERANCE:.0%} of the model",
+                                predicted=float(predicted.mean()), measured=float(measured.mean()),
+                                passed=_judge(bool(close.all()))))
+        lowest = own["variance"].unstack("scheme")[list(UNBIASED_FAMILY)].idxmin(axis=1)
+        verdict.append(dict(what=f"{name}: ΔL α=1 has the lowest step variance of the unbiased family",
+                            predicted=1.0, measured=float((lowest == DELTA_L).mean()),
+                            passed=_judge(bool((lowest == DELTA_L).all()))))
+        rel = own["relative_variance"]
+        verdict.append(dict(what=f"{name}: noise-to-signal ΔL α=1 ÷ token-mean (descriptive; model: "
+                                 f"{DATASETS[name][1]} signal)",
+                            predicted=float((own.token_noise.xs(DELTA_L, level="scheme")
+                                             / own.token_noise.xs("token-mean", level="scheme")).mean()),
+                            measured=float((rel.xs(DELTA_L, level="scheme")
+                                            / rel.xs("token-mean", level="scheme")).mean()), passed=pd.NA))
     constant = steps[steps.scheme.isin(["seq-mean-token-mean", "seq-mean-token-sum"])]
     verdict.append(dict(what="constant-denominator schemes: bias vs own pool step <= 3 Monte-Carlo errors",
                         predicted=0.0, measured=float(constant.bias.max()),

@@ -8,7 +8,7 @@ from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from . import PALETTE, new_figure, scheme_color
 
-__all__ = ["e8_figure", "variance_vs_length", "scheme_variance_bars"]
+__all__ = ["e8_figure", "variance_vs_length", "weight_profile", "family_variance"]
 
 
 def _log_axis(axis) -> None:
@@ -38,46 +38,79 @@ def variance_vs_length(by_length: pd.DataFrame, ax=None):
     return fig
 
 
-def scheme_variance_bars(steps: pd.DataFrame, ax=None):
-    """Measured relative variance of each scheme's mini-batch step (bars, mean over seeds) per data set, with the
-    noise model's prediction (token_noise scaled to the measured token-mean bar) as markers."""
-    fig, ax = new_figure(width=6.0, height=3.8) if ax is None else (ax.figure, ax)
+def weight_profile(profile: pd.DataFrame, ax=None):
+    """Per-token weight ÷ token-mean's against response length (log-log), one line per scheme: where ΔL sits.
+    `profile`: variance.weights_by_length."""
+    fig, ax = new_figure(width=5.2, height=3.8) if ax is None else (ax.figure, ax)
+    for scheme, sel in profile.groupby("scheme", sort=False):
+        ax.plot(sel.length, sel.ratio, color=scheme_color(scheme), label=scheme, linewidth=1.4,
+                linestyle="--" if scheme.startswith("delta-l") else "-")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _log_axis(ax.xaxis)
+    _log_axis(ax.yaxis)
+    ax.set_xlabel("response length n_i (loss tokens)")
+    ax.set_ylabel("weight per token ÷ token-mean's (same total)")
+    ax.set_title("same shape: ΔL a (dashed) = length-power 1−a")
+    ax.legend(fontsize=7, frameon=False, loc="lower left")
+    return fig
+
+
+def family_variance(steps: pd.DataFrame, family, ax=None):
+    """Step variance of the unbiased weightings (Σ x_i = 1) relative to the first, measured (bars, mean over
+    seeds) and predicted from the lengths (black ticks), per data set."""
+    fig, ax = new_figure(width=5.2, height=3.8) if ax is None else (ax.figure, ax)
+    datasets = list(dict.fromkeys(steps.data))
+    width = 0.8 / len(datasets)
+    for j, data in enumerate(datasets):
+        sel = steps[steps.data == data].groupby("scheme")[["variance", "noise"]].mean().loc[list(family)]
+        x = np.arange(len(family)) + (j - (len(datasets) - 1) / 2) * width
+        measured, predicted = sel.variance / sel.variance.iloc[0], sel.noise / sel.noise.iloc[0]
+        ax.bar(x, measured, width=width * 0.9, color=PALETTE[j], alpha=0.8, label=f"{data}: measured")
+        ax.plot(x, predicted, "k_", markersize=14, markeredgewidth=2, label="predicted from lengths" if j == 0 else None)
+        for xi, m in zip(x, measured):
+            ax.text(xi, m + 0.02, f"{m:.2f}", ha="center", fontsize=7)
+    ax.set_xticks(np.arange(len(family)), [f.replace("seq-mean-token-sum", "a=0 (seq-mean-\ntoken-sum)")
+                                            .replace("delta-l α=", "ΔL a=") for f in family], fontsize=8)
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("Var(step) ÷ Var(a = 0)")
+    ax.set_title("unbiased weightings Σx=1: 1/n is quietest")
+    ax.legend(fontsize=7, frameon=False, loc="lower left")
+    return fig
+
+
+def _scheme_bars(ax, steps: pd.DataFrame, column: str) -> None:
     schemes = list(dict.fromkeys(steps.scheme))
     datasets = list(dict.fromkeys(steps.data))
     width = 0.8 / len(datasets)
     for j, data in enumerate(datasets):
-        sel = steps[steps.data == data].groupby("scheme")[["relative_variance", "token_noise"]].mean().loc[schemes]
-        scale = sel.relative_variance.iloc[0] / sel.token_noise.iloc[0]  # prediction in units of the first scheme
+        values = steps[steps.data == data].groupby("scheme")[column].mean().loc[schemes]
         x = np.arange(len(schemes)) + (j - (len(datasets) - 1) / 2) * width
-        ax.bar(x, sel.relative_variance, width=width * 0.9, color=PALETTE[j], alpha=0.8, label=f"{data}: measured")
-        ax.plot(x, sel.token_noise * scale, "k_", markersize=12, markeredgewidth=2,
-                label="predicted from lengths (scaled)" if j == 0 else None)
+        ax.bar(x, values, width=width * 0.9, color=PALETTE[j], alpha=0.8, label=data)
     ax.set_xticks(np.arange(len(schemes)), schemes, rotation=25, ha="right", fontsize=8)
     ax.set_ylim(0, None)
-    ax.set_ylabel("relative variance E‖ĝ − Eĝ‖² / ‖Eĝ‖²")
-    ax.set_title("noise of a mini-batch step of 16 (lower = steadier)")
-    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return fig
 
 
-def e8_figure(by_length: pd.DataFrame, steps: pd.DataFrame, curves: pd.DataFrame):
-    """E8: variance vs length, relative variance per scheme, cosine to E_i[g_i], steps to a held-out loss."""
-    fig, axes = new_figure(2, 2, width=12.5, height=8.0)
+def e8_figure(by_length: pd.DataFrame, steps: pd.DataFrame, curves: pd.DataFrame, profile: pd.DataFrame):
+    """E8: variance vs length, where ΔL sits, the unbiased family's variance, noise-to-signal and cosine to
+    E_i[g_i] per scheme, and training to a fixed held-out loss."""
+    fig, axes = new_figure(2, 3, width=16.5, height=8.2)
     variance_vs_length(by_length, axes[0, 0])
-    scheme_variance_bars(steps, axes[0, 1])
+    weight_profile(profile, axes[0, 1])
+    family_variance(steps, ("seq-mean-token-sum", "delta-l α=0.5", "delta-l α=1"), axes[0, 2])
     ax = axes[1, 0]
-    schemes = list(dict.fromkeys(steps.scheme))
-    for j, (data, sel) in enumerate(steps.groupby("data", sort=False)):
-        cos = sel.groupby("scheme").cosine_to_sequence_mean.mean().loc[schemes]
-        x = np.arange(len(schemes)) + (j - 0.5) * 0.4
-        ax.bar(x, cos, width=0.36, color=PALETTE[j], alpha=0.8, label=data)
+    _scheme_bars(ax, steps, "relative_variance")
+    ax.set_ylabel("noise-to-signal E‖ĝ − Eĝ‖² / ‖Eĝ‖²")
+    ax.set_title("noise-to-signal of a step of 16 (lower = steadier)")
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    ax = axes[1, 1]
+    _scheme_bars(ax, steps, "cosine_to_sequence_mean")
     ax.axhline(1.0, color="k", linewidth=0.8)
-    ax.set_xticks(np.arange(len(schemes)), schemes, rotation=25, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("cosine of E[step] to E_i[g_i]")
-    ax.set_title("which objective a scheme's expected step follows")
+    ax.set_title("which objective the expected step follows")
     ax.legend(fontsize=7, frameon=False, loc="lower left")
-    ax = axes[1, 1]
+    ax = axes[1, 2]
     for scheme, sel in curves.groupby("scheme", sort=False):
         stats = sel.groupby("step").value.agg(["mean", "min", "max"])
         ax.plot(stats.index, stats["mean"], color=scheme_color(scheme), label=scheme, linewidth=1.3)

@@ -1,0 +1,86 @@
+"""Importance ratios of off-policy RL per token and per sequence, and which tokens each clipping rule silences (E10).
+
+After the first of several updates on one batch, the policy π_θ differs from the one that sampled it, π_old.
+Every response token has a log-ratio δ_t = log π_θ(o_t) − log π_old(o_t) (ρ_t = e^δ_t). Three ways to use it:
+
+- token-level PPO / GRPO / DAPO: per token −min(ρ_t A, clip(ρ_t, 1−ε_low, 1+ε_high) A), aggregated by a weight map;
+- GSPO (arXiv 2507.18071): one ratio per response, s_i = exp(mean_t δ_t) = (π_θ(o_i)/π_old(o_i))^(1/|o_i|),
+  per response −min(s_i A_i, clip(s_i, 1−ε_low, 1+ε_high) A_i), averaged over responses (its gradient puts
+  s_i A_i / |o_i| on every token of response i: seq-mean-token-mean's weights times s_i A_i);
+- CISPO (MiniMax-M1, arXiv 2506.13585): per token −sg(clip(ρ_t, 1−ε_low, 1+ε_high)) A log π_θ(o_t), aggregated by
+  token-mean (the paper divides by Σ_i |o_i|); the clipped ratio is a constant weight, so no token loses its
+  gradient (the paper sets no lower bound: ε_low = ∞ here by default).
+
+All tensors are (B, T) on the policy's target grid with a boolean `mask` of response tokens; advantages are (B,).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+RULES = ("token", "gspo", "cispo")
+
+
+def log_ratios(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """δ_t = log π_θ − log π_old on response tokens, 0 elsewhere."""
+    return torch.where(mask, logp - old_logp, 0.0)
+
+
+def sequence_log_ratio(delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) log of the unnormalised sequence ratio Π_t ρ_t = Σ_t δ_t."""
+    return (delta * mask).sum(1)
+
+
+def gspo_log_ratio(delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) log of GSPO's length-normalised ratio s_i: the mean of δ_t over the response."""
+    return sequence_log_ratio(delta, mask) / mask.sum(1).clamp(min=1)
+
+
+def _check(eps_low: float, eps_high: float) -> None:
+    if not (eps_low > 0 and eps_high > 0 and not math.isnan(eps_low) and not math.isnan(eps_high)):
+        raise ValueError(f"clip range eps_low={eps_low!r}, eps_high={eps_high!r}: both must be > 0")
+
+
+def token_ppo_loss(logp, old_logp, advantage, mask, eps_low: float = 0.2, eps_high: float = 0.2) -> torch.Tensor:
+    """(B, T) per-token clipped surrogate −min(ρ A, clip(ρ) A), 0 off the mask (aggregate with a weight map)."""
+    _check(eps_low, eps_high)
+    rho, a = torch.exp(logp - old_logp), advantage[:, None]
+    loss = -torch.minimum(rho * a, rho.clamp(1 - eps_low, 1 + eps_high) * a)
+    return torch.where(mask, loss, 0.0)
+
+
+def gspo_loss(logp, old_logp, advantage, mask, eps_low: float = 3e-4, eps_high: float = 4e-4) -> torch.Tensor:
+    """GSPO's objective as a scalar: mean over responses of −min(s A, clip(s) A), s = exp(mean δ)."""
+    _check(eps_low, eps_high)
+    s = torch.exp(gspo_log_ratio(log_ratios(logp, old_logp, mask), mask))
+    per_response = -torch.minimum(s * advantage, s.clamp(1 - eps_low, 1 + eps_high) * advantage)
+    present = mask.any(1)
+    return per_response[present].sum() / present.sum().clamp(min=1)
+
+
+def cispo_loss(logp, old_logp, advantage, mask, eps_high: float = 0.2, eps_low: float = math.inf) -> torch.Tensor:
+    """(B, T) per-token CISPO loss −sg(clip(ρ, 1−ε_low, 1+ε_high)) A log π_θ, 0 off the mask."""
+    _check(eps_low, eps_high)
+    weight = torch.exp(logp - old_logp).detach().clamp(max(1 - eps_low, 0.0), 1 + eps_high)
+    return torch.where(mask, -weight * advantage[:, None] * logp, 0.0)
+
+
+def zero_gradient_tokens(rule: str, logp, old_logp, advantage, mask, eps_low: float, eps_high: float) -> torch.Tensor:
+    """(B, T) bool: response tokens whose gradient the rule sets exactly to zero (A = 0 counts too).
+
+    token: (A > 0 and ρ_t > 1+ε_high) or (A < 0 and ρ_t < 1−ε_low); gspo: every token of response i when
+    (A_i > 0 and s_i > 1+ε_high) or (A_i < 0 and s_i < 1−ε_low); cispo: only tokens with A = 0."""
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+    a = advantage[:, None].expand_as(mask)
+    delta = log_ratios(logp, old_logp, mask)
+    if rule == "token":
+        ratio = torch.exp(delta)
+    elif rule == "gspo":
+        ratio = torch.exp(gspo_log_ratio(delta, mask))[:, None].expand_as(mask)
+    else:
+        return mask & (a == 0)
+    clipped = ((a > 0) & (ratio > 1 + eps_high)) | ((a < 0) & (ratio < 1 - eps_low))
+    return mask & (clipped | (a == 0))
