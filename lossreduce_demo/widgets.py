@@ -329,6 +329,70 @@ class AccumulationExplorer(_App):
 # ---------------------------------------------------------------- Voilà dashboard
 
 
+# ---------------------------------------------------------------- 08: ΔL Normalization
+
+
+DELTA_L_GRID = tuple(np.round(np.arange(0.0, 1.51, 0.25), 2))  # the a values the explorer's curves are drawn at
+
+
+@lru_cache(maxsize=16)
+def noisy_tail_pool(spread: float, n: int = 128, seed: int = 0) -> Batch:
+    """A pool of noisy-tail chats (E8) with log-normal reply lengths of median 10 and spread σ = `spread`."""
+    from .synth import make_noisy_tail_chats
+
+    spec = LengthSpec("lognormal", mean=10, sigma=spread, max_len=56)
+    return make_layout(make_noisy_tail_chats(n, lengths=spec, seed=seed), "multiturn")
+
+
+@lru_cache(maxsize=16)
+def delta_l_curves(spread: float, n_batches: int = 100, seed: int = 0) -> pd.DataFrame:
+    """What the noise model predicts for ΔL a over DELTA_L_GRID, relative to a = 0 (step variance) and to
+    token-mean (noise-to-signal, for a signal per sequence and per token). Lengths only: no gradients."""
+    from .variance import draw_minibatches, predicted_relative_variance
+
+    pool = noisy_tail_pool(spread)
+    schemes = [Scheme("token-mean")] + [Scheme("delta-l", delta_l_alpha=float(a)) for a in DELTA_L_GRID]
+    batches = draw_minibatches(pool, schemes, n_batches=n_batches, seed=seed)
+    frames = {signal: predicted_relative_variance(batches, signal).set_index("scheme")
+              for signal in ("per-sequence", "per-token")}
+    labels = [s.label for s in schemes[1:]]
+    noise = frames["per-sequence"].noise
+    out = pd.DataFrame({"a": DELTA_L_GRID, "variance_vs_a0": (noise[labels] / noise[labels[0]]).to_numpy()})
+    for signal, frame in frames.items():
+        out[f"noise_to_signal_{signal}"] = (frame.token_noise[labels] / frame.token_noise["token-mean"]).to_numpy()
+    return out
+
+
+class DeltaLExplorer(_App):
+    """ΔL Normalization's α (`a`): its weight per token against response length, and what the noise model
+    predicts for its step (variance relative to a = 0; noise-to-signal relative to token-mean, per-sequence
+    or per-token signal). Analytic: only the pool's lengths are used; curves are cached per length spread."""
+
+    def __init__(self, a: float = 1.0, spread: float = 0.8):
+        self.a = _slider(W.FloatSlider, a, 0.0, 1.5, 0.25, "ΔL a")
+        self.spread = _slider(W.FloatSlider, spread, 0.2, 1.2, 0.1, "length spread σ")
+        super().__init__([[self.a, self.spread]])
+        self.update()
+
+    def _compute(self, notes):
+        from .variance import weights_by_length
+
+        a, spread = round(float(self.a.value), 2), round(float(self.spread.value), 2)
+        curves = delta_l_curves(spread)
+        here = curves.iloc[int(np.argmin(np.abs(curves.a - a)))]
+        pool = noisy_tail_pool(spread)
+        schemes = [Scheme("token-mean"), Scheme("seq-mean-token-mean"), Scheme("delta-l", delta_l_alpha=a)]
+        profile = weights_by_length(pool, schemes)
+        state = dict(a=a, spread=spread, variance_vs_a0=float(here.variance_vs_a0),
+                     noise_to_signal_per_sequence=float(here["noise_to_signal_per-sequence"]),
+                     noise_to_signal_per_token=float(here["noise_to_signal_per-token"]), curves=curves,
+                     profile=profile)
+        notes.append(f"ΔL a={a:g}: step variance {state['variance_vs_a0']:.2f}× that of a=0; noise-to-signal "
+                     f"{state['noise_to_signal_per_sequence']:.2f}× token-mean's for one signal per sequence, "
+                     f"{state['noise_to_signal_per_token']:.2f}× for a signal per token.")
+        return state, lambda: {"delta_l": plots.beyond.delta_l_figure(profile, curves, a)}
+
+
 class Dashboard:
     """WeightExplorer and AccumulationExplorer in two tabs (the Voilà app)."""
 

@@ -234,3 +234,20 @@ def test_framework_explorer_a_masked_completion_still_counts_in_trl_grpos_b():
     without = app.set(mask_truncated=False)["per_sample"].set_index("sample").effective
     assert widgets.TRUNCATED_ROW not in with_masked.index and widgets.TRUNCATED_ROW in without.index
     assert (with_masked / without.loc[with_masked.index]).to_numpy() == pytest.approx([1.0] * len(with_masked))
+
+
+# ---------------------------------------------------------------- DeltaLExplorer (notebook 08)
+
+
+def test_delta_l_explorer_predicts_the_quietest_unbiased_step_at_a_one():
+    app = widgets.DeltaLExplorer()
+    curves = app.state["curves"]
+    assert curves.loc[curves.variance_vs_a0.idxmin(), "a"] == 1.0 and curves.variance_vs_a0.iloc[0] == 1.0
+    one = app.state["noise_to_signal_per_sequence"], app.state["noise_to_signal_per_token"]
+    assert one[0] < 1 < one[1]  # 1/n beats token-mean only when the signal comes once per sequence
+    assert f"step variance {app.state['variance_vs_a0']:.2f}× that of a=0" in app.state["message"]
+    zero = app.set(a=0.0)
+    assert zero["variance_vs_a0"] == 1.0 and widgets.state_is_finite(zero)
+    narrow = app.set(spread=0.2, a=1.0)  # nearly equal lengths: the weighting hardly matters
+    assert narrow["variance_vs_a0"] > 0.9 > one[0]
+    assert set(app.figures) == {"delta_l"} and isinstance(app.figures["delta_l"], Figure)

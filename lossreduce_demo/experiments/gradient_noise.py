@@ -86,12 +86,12 @@ def run_e8(seeds: int = 3) -> ExperimentResult:
     prepared = {}  # (seed, data) -> (pool, mini-batches, prediction): everything the prediction needs, no gradients
     for seed in range(seeds):
         for name, (make, signal) in DATASETS.items():
-            pool = multiturn_layout(make(pick(256, 48), 8000 + seed))
+            pool = multiturn_layout(make(pick(192, 48), 8000 + seed))
             batches = variance.draw_minibatches(pool, GRADIENT_SCHEMES, n_batches=pick(2000, 200), seed=seed)
             prepared[seed, name] = pool, batches, variance.predicted_relative_variance(batches, signal)
     print("\n".join(_prediction_lines({name: prepared[0, name][2] for name in DATASETS})))
     for seed in range(seeds):
-        for name, (make, signal) in DATASETS.items():
+        for name, (make, _) in DATASETS.items():
             pool, batches, predicted = prepared[seed, name]
             checkpoint = train(make(512, 9000 + seed), ["token-mean"],
                                TrainConfig(steps=pick(CHECKPOINT_STEPS, 4), eval_every=10**6, seed=seed,
@@ -121,7 +121,7 @@ def run_e8(seeds: int = 3) -> ExperimentResult:
         heldout = make(pick(64, 16), 9500 + seed)
         threshold = noisy_tail_floor(heldout) + THRESHOLD_MARGIN
         result = train(make(pick(512, 64), 9000 + seed), TRAINED_SCHEMES,
-                       TrainConfig(steps=pick(120, 12), eval_every=pick(5, 4), seed=seed, progress=not fast_mode()),
+                       TrainConfig(steps=pick(100, 12), eval_every=pick(5, 4), seed=seed, progress=not fast_mode()),
                        heldout=heldout)
         h = result.history[(result.history.metric == "heldout_loss") & result.history.bucket.isna()]
         wide = h.pivot(index="step", columns="scheme", values="value")
@@ -150,8 +150,10 @@ def _e8_verdict(frame: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
                                 predicted=float(sel.predicted.iloc[0]), measured=float(sel.value.mean()),
                                 passed=_judge(sel.value.between(*band).all())))
         own = steps[steps.data == name].set_index(["seed", "scheme"])
-        ratio = lambda column, scheme: (own[column].xs(scheme, level="scheme")
-                                        / own[column].xs(UNBIASED_FAMILY[0], level="scheme"))
+
+        def ratio(column, scheme, own=own):  # per seed: the scheme's value over ΔL a = 0's
+            return own[column].xs(scheme, level="scheme") / own[column].xs(UNBIASED_FAMILY[0], level="scheme")
+
         for scheme in UNBIASED_FAMILY[1:]:
             predicted, measured = ratio("noise", scheme), ratio("variance", scheme)
             close = np.abs(measured / predicted - 1) <= FAMILY_TOLERANCE

@@ -9,6 +9,7 @@ row"), whose optimum P(long) is predicted by enumerating every long/short sequen
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -41,21 +42,28 @@ def pack_rows(longs, short_tokens: int, long_tokens: int, row_len: int = ROW_LEN
     return [tuple(r) for r in rows]
 
 
+@functools.lru_cache(maxsize=8)
+def _row_mean_terms(batch: int, row_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every long/short sequence of a batch (2^batch of them): its number of long conversations and the
+    branch gradient's two sums Σ_r k_r / (R n_r) and Σ_r m_r / (R n_r) under the per-row mean."""
+    short_tokens, long_tokens = _branch_tokens()
+    k, top, bottom = [], [], []
+    for longs in itertools.product((False, True), repeat=batch):
+        rows = pack_rows(longs, short_tokens, long_tokens, row_len)
+        n = [L_LONG * k_r + L_SHORT * (m_r - k_r) for m_r, k_r in rows]
+        k.append(sum(longs))
+        top.append(sum(k_r / (len(rows) * n_r) for (_, k_r), n_r in zip(rows, n)))
+        bottom.append(sum(m_r / (len(rows) * n_r) for (m_r, _), n_r in zip(rows, n)))
+    return np.array(k), np.array(top), np.array(bottom)
+
+
 def p_long_per_row_mean(f: float, batch: int = 16, row_len: int = ROW_LEN) -> float:
     """Optimum of P(long) at the branch under the per-row mean of packed rows: every token of row r weighs
     1/(R n_r), R rows, n_r = 60 k_r + 5 (m_r − k_r) loss tokens; the expected gradient at the branch logit vanishes
     at p* = E[Σ_r k_r / (R n_r)] / E[Σ_r m_r / (R n_r)]. Exact: all 2^batch long/short sequences of a batch."""
-    short_tokens, long_tokens = _branch_tokens()
-    top = bottom = 0.0
-    for longs in itertools.product((False, True), repeat=batch):
-        k = sum(longs)
-        prob = f**k * (1 - f) ** (batch - k)
-        rows = pack_rows(longs, short_tokens, long_tokens, row_len)
-        for m_r, k_r in rows:
-            n_r = L_LONG * k_r + L_SHORT * (m_r - k_r)
-            top += prob * k_r / (len(rows) * n_r)
-            bottom += prob * m_r / (len(rows) * n_r)
-    return top / bottom
+    k, top, bottom = _row_mean_terms(batch, row_len)
+    prob = f**k * (1 - f) ** (batch - k)
+    return float(prob @ top / (prob @ bottom))
 
 
 def per_row_weight_table(f: float = 0.2, batch: int = 16, row_len: int = ROW_LEN, seed: int = 0):

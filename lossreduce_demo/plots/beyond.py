@@ -8,7 +8,7 @@ from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from . import PALETTE, new_figure, scheme_color
 
-__all__ = ["e8_figure", "variance_vs_length", "weight_profile", "family_variance"]
+__all__ = ["e8_figure", "variance_vs_length", "weight_profile", "family_variance", "delta_l_figure"]
 
 
 def _log_axis(axis) -> None:
@@ -51,7 +51,7 @@ def weight_profile(profile: pd.DataFrame, ax=None):
     _log_axis(ax.yaxis)
     ax.set_xlabel("response length n_i (loss tokens)")
     ax.set_ylabel("weight per token ÷ token-mean's (same total)")
-    ax.set_title("same shape: ΔL a (dashed) = length-power 1−a")
+    ax.set_title("weight map shape (ΔL dashed; a ↔ length-power 1−a)")
     ax.legend(fontsize=7, frameon=False, loc="lower left")
     return fig
 
@@ -121,4 +121,27 @@ def e8_figure(by_length: pd.DataFrame, steps: pd.DataFrame, curves: pd.DataFrame
     ax.set_ylabel("held-out token-mean loss (nats/token)")
     ax.set_title("noisy tail: training to a fixed held-out loss")
     ax.legend(fontsize=7, frameon=False, loc="upper right")
+    return fig
+
+
+def delta_l_figure(profile: pd.DataFrame, curves: pd.DataFrame, a: float):
+    """The ΔL explorer: weight per token vs length (left); predicted step variance ÷ a=0 and noise-to-signal ÷
+    token-mean against a, the current a marked (right). `curves`: widgets.delta_l_curves."""
+    fig, axes = new_figure(1, 2, width=10.5, height=3.6)
+    left, right = axes[0]
+    weight_profile(profile, left)
+    right.plot(curves.a, curves.variance_vs_a0, color=scheme_color("delta-l"), label="step variance ÷ a=0")
+    right.plot(curves.a, curves["noise_to_signal_per-sequence"], color=PALETTE[0], linestyle="--",
+               label="noise-to-signal ÷ token-mean, signal per sequence")
+    right.plot(curves.a, curves["noise_to_signal_per-token"], color=PALETTE[1], linestyle=":",
+               label="noise-to-signal ÷ token-mean, signal per token")
+    right.axvline(a, color="k", linewidth=0.8)
+    right.axhline(1.0, color="#999999", linewidth=0.6)
+    here = curves.iloc[int(np.argmin(np.abs(curves.a - a)))]
+    right.text(a, here.variance_vs_a0, f" {here.variance_vs_a0:.2f}", fontsize=8, va="bottom")
+    right.set_xlabel("ΔL a (weight per token ∝ n^−a)")
+    right.set_ylabel("predicted, relative")
+    right.set_ylim(0, None)
+    right.set_title("noise model: a = 1 is quietest for Σx = 1")
+    right.legend(fontsize=7, frameon=False, loc="upper center")
     return fig

@@ -1,0 +1,37 @@
+"""E8–E10 in fast mode: predictions, tidy reproducible CSVs and figures (notebook 08's experiments)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lossreduce_demo.experiments import COLUMNS, packing, run_experiment
+
+
+@pytest.fixture(autouse=True)
+def fast(monkeypatch):
+    monkeypatch.setenv("LOSSREDUCE_FAST", "1")
+
+
+def test_e8_fast_run_is_tidy_reproducible_and_not_judged(tmp_path):
+    first = run_experiment("e8", seeds=1, out_dir=tmp_path / "a")
+    table = first.table
+    assert list(table.columns[: len(COLUMNS)]) == COLUMNS
+    slopes = table[table.metric == "slope_var_sum"]
+    assert set(slopes.format) == {"copy", "noisy tail"} and (slopes.value > 0).all()
+    assert set(table[table.metric == "relative_variance"].scheme) >= {"token-mean", "delta-l α=1"}
+    assert first.verdict.passed.isna().all()
+    second = run_experiment("e8", seeds=1, out_dir=tmp_path / "b")
+    assert first.csv_path.read_bytes() == second.csv_path.read_bytes()
+    assert first.png_path.stat().st_size > 10_000
+
+
+def test_packing_rows_and_the_per_row_mean_prediction():
+    short, long = packing._branch_tokens()
+    assert (short, long) == (13, 68)
+    # 9 shorts fill 117 of 129 tokens; a long one (68) starts a new row, 4 more shorts join it (68 + 52 = 120)
+    assert packing.pack_rows([False] * 9 + [True] + [False] * 4, short, long) == [(9, 0), (5, 1)]
+    assert packing.pack_rows([True, True], short, long) == [(1, 1), (1, 1)]
+    p = packing.p_long_per_row_mean(0.2)
+    assert 0.0204 < p < 0.1618  # between seq-mean over conversations and token-mean (docs/science.md §6.2)
+    assert p == pytest.approx(0.1144, abs=5e-4)
+    assert packing.p_long_per_row_mean(0.0) == 0.0 and packing.p_long_per_row_mean(1.0) == pytest.approx(1.0)
