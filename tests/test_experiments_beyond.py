@@ -35,3 +35,11 @@ def test_packing_rows_and_the_per_row_mean_prediction():
     assert 0.0204 < p < 0.1618  # between seq-mean over conversations and token-mean (docs/science.md §6.2)
     assert p == pytest.approx(0.1144, abs=5e-4)
     assert packing.p_long_per_row_mean(0.0) == 0.0 and packing.p_long_per_row_mean(1.0) == pytest.approx(1.0)
+
+
+def test_notebook_08_exercises_accept_the_solutions_and_reject_wrong_answers(capsys):
+    from lossreduce_demo.exercises import nb08
+
+    assert nb08.check_1(0.8) and nb08.check_2(1 / 160) and nb08.check_3(1.188 ** 0.25)
+    assert not nb08.check_1(0.5) and not nb08.check_2(1 / 125) and not nb08.check_3(1.188)
+    assert nb08.check_1(None) is None and "Not answered" in capsys.readouterr().out
