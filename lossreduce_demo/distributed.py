@@ -54,6 +54,7 @@ from .reductions import (
     effective_weights,
     micro_batch_plan,
     micro_batch_weights,
+    power_exponent,
     resolve_l_max,
     token_weights,
     with_length_ref,
@@ -187,8 +188,8 @@ def global_l_max(shard: Batch, scheme: Scheme, device) -> Scheme:
     """seq-mean-token-sum-norm's L_max (when not a given constant) as the MAX over ranks of each shard's
     longest sample: the same as resolve_l_max on the global batch, for both normalisations. Likewise
     length-power's reference length (the longest sample, or for alpha < 0 the shortest, as -MAX of -n)."""
-    if scheme.name == "length-power" and scheme.length_ref is None:
-        sign = 1.0 if scheme.alpha >= 0 else -1.0
+    if power_exponent(scheme) is not None and scheme.length_ref is None:  # length-power, delta-l
+        sign = 1.0 if power_exponent(scheme) >= 0 else -1.0
         mine = sign * with_length_ref(shard, scheme).length_ref if shard.loss_mask.any() else -math.inf
         (ref,) = _all_reduce([mine], dist.ReduceOp.MAX, device)
         return replace(scheme, length_ref=sign * ref if math.isfinite(ref) else 1.0)

@@ -12,8 +12,9 @@ Every scheme gives token t of sample i the weight  w = numerator(i, t) / denomin
     length-power (alpha)      n_i^(alpha-1)    sum_j n_j^alpha
     delta-l (delta_l_alpha)   n_i^(-a)         sum_j n_j^(-a)   (a = delta_l_alpha)
 
-and the loss is sum(w * l). length-power computes both with lengths divided by a reference length c (the longest
-sample of the normalisation window for alpha >= 0, the shortest for alpha < 0; c cancels), so the largest power is 1
+and the loss is sum(w * l). length-power and delta-l compute both with lengths divided by a reference length c (the longest
+sample of the normalisation window when the denominator's exponent is >= 0, the shortest otherwise; c cancels), so
+the largest power is 1
 and no power over- or underflows: every finite alpha gives finite weights that sum to 1 (the log-sum-exp shift,
 written with powers). Numerators only need the token's own sample or turn, which never straddles
 micro-batches; denominators are sums over a *window* of micro-batches (`BatchStats`):
@@ -67,41 +68,29 @@ class Scheme:
     """A reduction scheme; `alpha` is used by length-power, `l_max` by seq-mean-token-sum-norm (None: the longest
     sample's loss-token count, in the global batch fixed before micro-batching, or with
     `l_max_scope="micro-batch"` in each micro-batch: verl's padded response width). `count_empty`: samples
-<<<<<<< HEAD
     without any loss token count in B (TRL's `per_token_loss.size(0)`, verl's `global_batch_size`). L_max is a
-    token count (>= 1). `length_ref`: length-power's reference length c (None: taken from the batch or window)."""
-=======
-    without any loss token count in B (TRL's `per_token_loss.size(0)`, verl's `global_batch_size`).
-    `delta_l_alpha` is delta-l's α (1: its minimum-variance setting, 0: seq-mean-token-sum)."""
->>>>>>> 4561372 (delta-l scheme (ΔL Normalization) with tests; packed-causal layout and rows_as_samples (E9); variance module and E8 draft)
+    token count (>= 1). `length_ref`: length-power's and delta-l's reference length c (None: taken from the batch or
+    window). `delta_l_alpha` is delta-l's α (1: its minimum-variance setting, 0: seq-mean-token-sum)."""
 
     name: str = "token-mean"
     alpha: float = 0.5
     l_max: float | None = None
     l_max_scope: str = "batch"
     count_empty: bool = False
-<<<<<<< HEAD
     length_ref: float | None = None
-=======
     delta_l_alpha: float = 1.0
->>>>>>> 4561372 (delta-l scheme (ΔL Normalization) with tests; packed-causal layout and rows_as_samples (E9); variance module and E8 draft)
 
     def __post_init__(self):
         if self.name not in SCHEMES:
             raise ValueError(f"unknown scheme {self.name!r}; choose one of {', '.join(SCHEMES)}")
         if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha)):
             raise ValueError(f"alpha={self.alpha!r}: must be a finite number")
-<<<<<<< HEAD
+        if not (isinstance(self.delta_l_alpha, (int, float)) and math.isfinite(self.delta_l_alpha)):
+            raise ValueError(f"delta_l_alpha={self.delta_l_alpha!r}: must be a finite number")
         if self.l_max is not None and not (math.isfinite(self.l_max) and self.l_max >= 1):
             raise ValueError(f"l_max={self.l_max!r}: must be a token count >= 1")
         if self.length_ref is not None and not (math.isfinite(self.length_ref) and self.length_ref >= 1):
             raise ValueError(f"length_ref={self.length_ref!r}: must be a token count >= 1")
-=======
-        if not (isinstance(self.delta_l_alpha, (int, float)) and math.isfinite(self.delta_l_alpha)):
-            raise ValueError(f"delta_l_alpha={self.delta_l_alpha!r}: must be a finite number")
-        if self.l_max is not None and not (math.isfinite(self.l_max) and self.l_max > 0):
-            raise ValueError(f"l_max={self.l_max!r}: must be a number > 0")
->>>>>>> 4561372 (delta-l scheme (ΔL Normalization) with tests; packed-causal layout and rows_as_samples (E9); variance module and E8 draft)
         if self.l_max_scope not in L_MAX_SCOPES:
             raise ValueError(f"l_max_scope={self.l_max_scope!r}: choose one of {', '.join(L_MAX_SCOPES)}")
 
@@ -129,11 +118,7 @@ class BatchStats:
     n_tokens: float  # N: loss tokens
     n_samples: float  # B_g: samples with at least one loss token (every sample with `count_empty`)
     n_turns: float  # T_g: assistant turns with at least one loss token
-<<<<<<< HEAD
-    power_sum: float  # sum_i (n_i / c)^alpha over samples with loss tokens (length-power, c = length_ref)
-=======
-    power_sum: float  # sum_i n_i^alpha (length-power) or n_i^-delta_l_alpha (delta-l) over samples with loss tokens
->>>>>>> 4561372 (delta-l scheme (ΔL Normalization) with tests; packed-causal layout and rows_as_samples (E9); variance module and E8 draft)
+    power_sum: float  # sum_i (n_i / c)^e over samples with loss tokens (e = power_exponent, c = length_ref)
 
     def __add__(self, other: BatchStats) -> BatchStats:
         return BatchStats(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple())))
@@ -153,7 +138,7 @@ def _counts(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def batch_stats(batch: Batch, scheme: Scheme) -> BatchStats:
     """The batch's counts. A length-power scheme without `length_ref` takes this batch's own: fix it on the whole
     window first (`with_length_ref`) when the stats of several micro-batches are to be added."""
-    if scheme.name == "length-power" and scheme.length_ref is None:
+    if power_exponent(scheme) is not None and scheme.length_ref is None:
         scheme = with_length_ref(batch, scheme)
     mask = batch.loss_mask
     per_sample, per_turn = _counts(batch.sample_id, mask), _counts(batch.turn_id, mask)
@@ -163,34 +148,30 @@ def batch_stats(batch: Batch, scheme: Scheme) -> BatchStats:
         n_tokens=float(mask.sum()),
         n_samples=float(samples),
         n_turns=float((per_turn > 0).sum()),
-<<<<<<< HEAD
-        power_sum=float(((present / scheme.length_ref) ** scheme.alpha).sum()) if scheme.name == "length-power"
-        else 0.0,
-    )
-
-
-def with_length_ref(batch: Batch, scheme: Scheme) -> Scheme:
-    """length-power with its reference length taken from `batch` (the longest sample with loss tokens for
-    alpha >= 0, the shortest for alpha < 0; 1 without any); other schemes unchanged."""
-    if scheme.name != "length-power":
-        return scheme
-    lengths = _counts(batch.sample_id, batch.loss_mask)
-    lengths = lengths[lengths > 0]
-    ref = float(lengths.max() if scheme.alpha >= 0 else lengths.min()) if lengths.numel() else 1.0
-    return replace(scheme, length_ref=ref)
-=======
-        power_sum=float((present**power_exponent(scheme)).sum()) if power_exponent(scheme) is not None else 0.0,
+        power_sum=float(((present / scheme.length_ref) ** power_exponent(scheme)).sum())
+        if power_exponent(scheme) is not None else 0.0,
     )
 
 
 def power_exponent(scheme: Scheme) -> float | None:
-    """The exponent e of the denominator sum_j n_j^e of length-power (alpha) and delta-l (-delta_l_alpha)."""
+    """The exponent e of the denominator sum_j n_j^e: alpha (length-power), -delta_l_alpha (delta-l), else None."""
     if scheme.name == "length-power":
         return scheme.alpha
     if scheme.name == "delta-l":
         return -scheme.delta_l_alpha
     return None
->>>>>>> 4561372 (delta-l scheme (ΔL Normalization) with tests; packed-causal layout and rows_as_samples (E9); variance module and E8 draft)
+
+
+def with_length_ref(batch: Batch, scheme: Scheme) -> Scheme:
+    """length-power or delta-l with its reference length taken from `batch` (the longest sample with loss tokens
+    when the denominator's exponent is >= 0, the shortest otherwise; 1 without any); other schemes unchanged."""
+    exponent = power_exponent(scheme)
+    if exponent is None:
+        return scheme
+    lengths = _counts(batch.sample_id, batch.loss_mask)
+    lengths = lengths[lengths > 0]
+    ref = float(lengths.max() if exponent >= 0 else lengths.min()) if lengths.numel() else 1.0
+    return replace(scheme, length_ref=ref)
 
 
 def resolve_l_max(batch: Batch, scheme: Scheme) -> Scheme:
@@ -221,21 +202,16 @@ def token_numerators(batch: Batch, scheme: Scheme) -> torch.Tensor:
         out[mask] = 1.0 / scheme.l_max
     elif name == "turn-mean":
         out[mask] = 1.0 / _counts(batch.turn_id, mask)[batch.turn_id[mask]]
-<<<<<<< HEAD
     elif name == "seq-mean-token-mean":
         out[mask] = 1.0 / _counts(batch.sample_id, mask)[batch.sample_id[mask]]
     else:  # length-power: n^(alpha-1) = (n/c)^(alpha-1) / c * c^alpha, and c^alpha cancels with the denominator's
         if scheme.length_ref is None:
-            raise ValueError("length-power needs length_ref: call with_length_ref on the window first")
-        ref = scheme.length_ref
-        out[mask] = (_counts(batch.sample_id, mask)[batch.sample_id[mask]] / ref) ** (scheme.alpha - 1.0) / ref
-=======
-    elif name == "delta-l":  # every token of sample i gets the sample's weight x_i ∝ n_i^(-alpha)
-        out[mask] = _counts(batch.sample_id, mask)[batch.sample_id[mask]] ** -scheme.delta_l_alpha
-    else:  # seq-mean-token-mean, length-power
-        n_i = _counts(batch.sample_id, mask)[batch.sample_id[mask]]
-        out[mask] = 1.0 / n_i if name == "seq-mean-token-mean" else n_i ** (scheme.alpha - 1.0)
->>>>>>> 4561372 (delta-l scheme (ΔL Normalization) with tests; packed-causal layout and rows_as_samples (E9); variance module and E8 draft)
+            raise ValueError(f"{name} needs length_ref: call with_length_ref on the window first")
+        ref, n_i = scheme.length_ref, _counts(batch.sample_id, mask)[batch.sample_id[mask]]
+        if name == "delta-l":  # n^-a = (n/c)^-a * c^-a, and c^-a cancels with the denominator's
+            out[mask] = (n_i / ref) ** -scheme.delta_l_alpha
+        else:
+            out[mask] = (n_i / ref) ** (scheme.alpha - 1.0) / ref
     return out
 
 
@@ -257,9 +233,9 @@ def token_weights(batch: Batch, scheme, stats: BatchStats | None = None) -> torc
 
     A batch without loss tokens gets all-zero weights (never NaN)."""
     scheme = resolve_l_max(batch, as_scheme(scheme))
-    if scheme.name == "length-power" and scheme.length_ref is None:
+    if power_exponent(scheme) is not None and scheme.length_ref is None:
         if stats is not None:
-            raise ValueError("length-power with given stats needs the length_ref they were counted with: call "
+            raise ValueError(f"{scheme.name} with given stats needs the length_ref they were counted with: call "
                              "with_length_ref on the whole window first")
         scheme = with_length_ref(batch, scheme)
     stats = stats if stats is not None else batch_stats(batch, scheme)
