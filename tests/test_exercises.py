@@ -84,6 +84,9 @@ SOLUTIONS = {  # (notebook, check) -> an answer a learner would write, to 2 sign
     ("nb04", 3): lambda: 0.002,
     ("nb05", 2): lambda: 0.0042,  # 1/240
     ("nb05", 3): lambda: 1.5,
+    ("nb08", 1): lambda: 0.8,
+    ("nb08", 2): lambda: 0.00625,
+    ("nb08", 3): lambda: 1.04,  # 1.0440
 }
 
 

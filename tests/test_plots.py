@@ -25,6 +25,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from lossreduce_demo import plots, report, rl, synth
 from lossreduce_demo.layouts import LAYOUTS, make_layout, multiturn_layout
+from lossreduce_demo.plots import beyond as beyond_plots
 from lossreduce_demo.plots import rl as rl_plots
 from lossreduce_demo.reductions import SCHEMES, Scheme, effective_weights, token_weights
 
@@ -139,6 +140,48 @@ def _e3_table() -> pd.DataFrame:
     return pd.concat([_dp_errors(), _dp_distance()], ignore_index=True)
 
 
+E8_SCHEMES = ("token-mean", "seq-mean-token-mean", "length-power α=0.5", "seq-mean-token-sum", "delta-l α=0.5",
+              "delta-l α=1")
+
+
+def _e8_by_length() -> pd.DataFrame:
+    lengths = np.array([2.5, 4.5, 7, 10.5, 15, 22, 33, 50])
+    return pd.DataFrame([dict(data=data, seed=0, bucket=f"b{i}", length=n, samples=20, var_sum=40 * n**1.1,
+                              var_mean=40 * n**-0.9 * k) for data, k in (("copy", 1.0), ("noisy tail", 0.9))
+                         for i, n in enumerate(lengths)])
+
+
+def _e8_steps() -> pd.DataFrame:
+    rows = []
+    for data in ("copy", "noisy tail"):
+        for i, scheme in enumerate(E8_SCHEMES):
+            rows.append(dict(data=data, seed=0, scheme=scheme, variance=10 - i, noise=1 - 0.05 * i,
+                             relative_variance=4 - 0.4 * i, token_noise=0.005 + 0.001 * i,
+                             cosine_to_sequence_mean=1 - 0.08 * i))
+    return pd.DataFrame(rows)
+
+
+def _e8_curves() -> pd.DataFrame:
+    return pd.DataFrame([dict(scheme=scheme, seed=seed, step=step, value=3.1 + 1.3 * np.exp(-step / (10 + 2 * i)),
+                              threshold=3.17) for i, scheme in enumerate(E8_SCHEMES[:2]) for seed in range(2)
+                         for step in range(5, 105, 5)])
+
+
+def _e8_profile() -> pd.DataFrame:
+    from lossreduce_demo.layouts import completion_batch
+    from lossreduce_demo.variance import weights_by_length
+
+    schemes = [Scheme("token-mean"), Scheme("seq-mean-token-mean"), Scheme("delta-l", delta_l_alpha=0.5)]
+    return weights_by_length(completion_batch([2, 3, 5, 8, 13, 21, 34, 55]), schemes)
+
+
+def _delta_l_curves() -> pd.DataFrame:
+    a = np.arange(0, 1.51, 0.25)
+    return pd.DataFrame({"a": a, "variance_vs_a0": 1 - 0.6 * a + 0.25 * a**2,
+                         "noise_to_signal_per-sequence": 1 - 0.5 * a + 0.2 * a**2,
+                         "noise_to_signal_per-token": 1 + 0.4 * a**2})
+
+
 # name -> (make the figure, a pattern its text must contain: the headline number)
 CASES = {
     "token_strip": (lambda: plots.token_strip(synth.GEORGE_WASHINGTON), r"\d+ tokens, \d+ of them loss tokens"),
@@ -172,6 +215,15 @@ CASES = {
     "rl.experiment_figure": (lambda: rl_plots.experiment_figure(_rl_wide(rl.E7_TASK), rl.E7_TASK),
                              r"GRPO 0\.1\d"),
     "rl.template_weights": (lambda: rl_plots.template_weights(rl.weights_by_template(rl.E6_TASK)), r"0\.1×"),
+    "beyond.variance_vs_length": (lambda: beyond_plots.variance_vs_length(_e8_by_length()), r"slope \+1\.10"),
+    "beyond.weight_profile": (lambda: beyond_plots.weight_profile(_e8_profile()), None),
+    "beyond.family_variance": (lambda: beyond_plots.family_variance(_e8_steps(), ("seq-mean-token-sum",
+                                                                                    "delta-l α=0.5", "delta-l α=1")),
+                               r"0\.\d\d"),
+    "beyond.e8_figure": (lambda: beyond_plots.e8_figure(_e8_by_length(), _e8_steps(), _e8_curves(), _e8_profile()),
+                         r"target 3\.17"),
+    "beyond.delta_l_figure": (lambda: beyond_plots.delta_l_figure(_e8_profile(), _delta_l_curves(), 1.0),
+                              r"0\.65"),
 }
 HELPERS = {"relative_weights", "new_figure", "show", "scheme_color", "readable_log_scale", "draw_gradient_errors",
            "draw_weight_distance", "draw_metric", "matched_reward_ratios", "matched_reward_title"}
@@ -180,9 +232,10 @@ HELPERS = {"relative_weights", "new_figure", "show", "scheme_color", "readable_l
 def test_every_plot_function_has_a_case():
     """A new plot function must be added to CASES (and so to the readability checks)."""
     public = {name for name, fn in inspect.getmembers(plots, inspect.isfunction) if not name.startswith("_")}
-    public |= {f"rl.{name}" for name, fn in inspect.getmembers(rl_plots, inspect.isfunction)
-               if fn.__module__ == rl_plots.__name__ and not name.startswith("_")}
-    missing = {n for n in public if n.removeprefix("rl.") not in HELPERS} - set(CASES)
+    for prefix, module in (("rl", rl_plots), ("beyond", beyond_plots)):
+        public |= {f"{prefix}.{name}" for name, fn in inspect.getmembers(module, inspect.isfunction)
+                   if fn.__module__ == module.__name__ and not name.startswith("_")}
+    missing = {n for n in public if n.split(".")[-1] not in HELPERS} - set(CASES)
     assert not missing, f"plot functions without a readability case: {sorted(missing)}"
 
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from . import close, feedback, pending
+from . import check_number, pending
 
 
 def check_1(answer):
@@ -19,9 +19,9 @@ def check_1(answer):
 
     batch = completion_batch([5, 20])
     expected = float(token_weights(batch, Scheme("delta-l", delta_l_alpha=1.0))[0][batch.loss_mask[0]][0])
-    return feedback(close(answer, expected, rel=1e-3), f"(1/5) / (1/5 + 1/20) = {expected:g}: the short response's "
+    return check_number(answer, expected, f"(1/5) / (1/5 + 1/20) = {expected:g}: the short response's "
                     "gradient counts 4× the long one's, and the two weights add up to 1.",
-                    "x = (1/5) / (1/5 + 1/20): inverse length, normalised over the samples.")
+                    "x = (1/5) / (1/5 + 1/20): inverse length, normalised over the samples.", rel=1e-3)
 
 
 def check_2(answer):
@@ -38,10 +38,9 @@ def check_2(answer):
     packed = packed_layout(chats, 129)  # the long reply and 4 short ones fill row 1, 9 short ones row 2
     weights = token_weights(rows_as_samples(packed), "seq-mean-token-mean")
     expected = float(weights[0][packed.loss_mask[0]][0])
-    return feedback(close(answer, expected, rel=1e-3),
-                    f"1/(2·80) = {expected:g}: token-mean inside the row, but the row of 45 short tokens gets half "
-                    "the step too — neither token-mean (1/125) nor seq-mean over conversations (1/(14·60)).",
-                    "Two rows with loss tokens; the long reply's row has 60 + 4·5 = 80 of them.")
+    return check_number(answer, expected, f"1/(2·80) = {expected:g}: token-mean inside the row, but the row of 45 "
+                    "short tokens gets half the step too — neither token-mean (1/125) nor seq-mean over conversations (1/(14·60)).",
+                    "Two rows with loss tokens; the long reply's row has 60 + 4·5 = 80 of them.", rel=1e-3)
 
 
 def check_3(answer):
@@ -52,6 +51,6 @@ def check_3(answer):
 
     delta = torch.log(torch.tensor([[1.1, 0.9, 1.2, 1.0]], dtype=torch.float64))
     expected = math.exp(float(gspo_log_ratio(delta, torch.ones(1, 4, dtype=torch.bool))[0]))
-    return feedback(close(answer, expected, rel=1e-3),
-                    f"(1.1·0.9·1.2·1.0)^(1/4) = {expected:.4f}; the unnormalised product would be 1.188.",
-                    "Multiply the four ratios, then take the 4th root.")
+    return check_number(answer, expected,
+                        f"(1.1·0.9·1.2·1.0)^(1/4) = {expected:.4f}; the unnormalised product would be 1.188.",
+                    "Multiply the four ratios, then take the 4th root.", rel=1e-3)

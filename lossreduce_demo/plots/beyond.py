@@ -4,36 +4,27 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-from . import PALETTE, new_figure, scheme_color
+from . import PALETTE, new_figure, readable_log_scale, scheme_color
 
 __all__ = ["e8_figure", "variance_vs_length", "weight_profile", "family_variance", "delta_l_figure"]
-
-
-def _log_axis(axis) -> None:
-    """Log axis with plain-number labels at 1, 2, 5 × 10^k (at least two labelled ticks on short ranges)."""
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(ScalarFormatter())
-    axis.set_minor_formatter(NullFormatter())
 
 
 def variance_vs_length(by_length: pd.DataFrame, ax=None):
     """Var(g_i) and Var(g_i / n_i) per length bucket (log-log), one colour per data set, fitted slopes in the
     legend. `by_length`: rows of variance.variance_by_length with `data` (and `seed`) columns."""
-    fig, ax = new_figure(width=5.2, height=3.8) if ax is None else (ax.figure, ax)
+    fig, ax = new_figure(width=7.8, height=3.8) if ax is None else (ax.figure, ax)
     for i, (data, sel) in enumerate(by_length.groupby("data", sort=False)):
         stats = sel.groupby("bucket", sort=False)[["length", "var_sum", "var_mean"]].mean().sort_values("length")
         for column, marker, text in (("var_sum", "o", "Var(g_i)"), ("var_mean", "s", "Var(g_i / n_i)")):
             slope = np.polyfit(np.log(stats.length), np.log(stats[column]), 1)[0]
             ax.plot(stats.length, stats[column], marker=marker, color=PALETTE[i], linestyle="-" if marker == "o" else "--",
                     label=f"{data}: {text}, slope {slope:+.2f}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    _log_axis(ax.xaxis)
+    readable_log_scale(ax, "x")
+    readable_log_scale(ax, "y")
     ax.set_xlabel("response length n_i (loss tokens)")
     ax.set_ylabel("total gradient variance E‖g − E g‖²")
-    ax.set_title("gradient noise grows with length (predicted slopes +1, −1)")
+    ax.set_title("noise grows with length (predicted slopes +1, −1)")
     ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig
 
@@ -45,10 +36,8 @@ def weight_profile(profile: pd.DataFrame, ax=None):
     for scheme, sel in profile.groupby("scheme", sort=False):
         ax.plot(sel.length, sel.ratio, color=scheme_color(scheme), label=scheme, linewidth=1.4,
                 linestyle="--" if scheme.startswith("delta-l") else "-")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    _log_axis(ax.xaxis)
-    _log_axis(ax.yaxis)
+    readable_log_scale(ax, "x")
+    readable_log_scale(ax, "y")
     ax.set_xlabel("response length n_i (loss tokens)")
     ax.set_ylabel("weight per token ÷ token-mean's (same total)")
     ax.set_title("weight map shape (ΔL dashed; a ↔ length-power 1−a)")
@@ -73,6 +62,7 @@ def family_variance(steps: pd.DataFrame, family, ax=None):
     ax.set_xticks(np.arange(len(family)), [f.replace("seq-mean-token-sum", "a=0 (seq-mean-\ntoken-sum)")
                                             .replace("delta-l α=", "ΔL a=") for f in family], fontsize=8)
     ax.set_ylim(0, 1.15)
+    ax.set_xlabel("unbiased weightings (sample weights sum to 1)")
     ax.set_ylabel("Var(step) ÷ Var(a = 0)")
     ax.set_title("unbiased weightings Σx=1: 1/n is quietest")
     ax.legend(fontsize=7, frameon=False, loc="lower left")
@@ -100,9 +90,10 @@ def e8_figure(by_length: pd.DataFrame, steps: pd.DataFrame, curves: pd.DataFrame
     family_variance(steps, ("seq-mean-token-sum", "delta-l α=0.5", "delta-l α=1"), axes[0, 2])
     ax = axes[1, 0]
     _scheme_bars(ax, steps, "relative_variance")
+    ax.set_ylim(0, 1.4 * steps.groupby(["data", "scheme"]).relative_variance.mean().max())
     ax.set_ylabel("noise-to-signal E‖ĝ − Eĝ‖² / ‖Eĝ‖²")
     ax.set_title("noise-to-signal of a step of 16 (lower = steadier)")
-    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    ax.legend(fontsize=7, frameon=False, loc="upper center", ncol=2)
     ax = axes[1, 1]
     _scheme_bars(ax, steps, "cosine_to_sequence_mean")
     ax.axhline(1.0, color="k", linewidth=0.8)
@@ -135,13 +126,14 @@ def delta_l_figure(profile: pd.DataFrame, curves: pd.DataFrame, a: float):
                label="noise-to-signal ÷ token-mean, signal per sequence")
     right.plot(curves.a, curves["noise_to_signal_per-token"], color=PALETTE[1], linestyle=":",
                label="noise-to-signal ÷ token-mean, signal per token")
-    right.axvline(a, color="k", linewidth=0.8)
     right.axhline(1.0, color="#999999", linewidth=0.6)
     here = curves.iloc[int(np.argmin(np.abs(curves.a - a)))]
+    right.plot([here.a], [here.variance_vs_a0], "o", color="k", markersize=6)
     right.text(a, here.variance_vs_a0, f" {here.variance_vs_a0:.2f}", fontsize=8, va="bottom")
     right.set_xlabel("ΔL a (weight per token ∝ n^−a)")
     right.set_ylabel("predicted, relative")
-    right.set_ylim(0, None)
+    top = float(curves[["variance_vs_a0", "noise_to_signal_per-sequence", "noise_to_signal_per-token"]].max().max())
+    right.set_ylim(0, 1.7 * top)
     right.set_title("noise model: a = 1 is quietest for Σx = 1")
     right.legend(fontsize=7, frameon=False, loc="upper center")
     return fig
