@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import torch
 
 RULES = ("token", "gspo", "cispo")
@@ -84,3 +85,40 @@ def zero_gradient_tokens(rule: str, logp, old_logp, advantage, mask, eps_low: fl
         return mask & (a == 0)
     clipped = ((a > 0) & (ratio > 1 + eps_high)) | ((a < 0) & (ratio < 1 - eps_low))
     return mask & (clipped | (a == 0))
+
+
+CLIP_RANGES = {"token": (0.2, 0.2), "gspo": (3e-4, 4e-4), "cispo": (math.inf, 0.2)}  # (ε_low, ε_high) per rule
+
+
+def update_statistics(logp, old_logp, advantage, mask, clip_ranges=CLIP_RANGES) -> dict:
+    """What one off-policy update sees, per response: its length, the log of its sequence ratio Σ_t δ_t and of
+    GSPO's mean_t δ_t, the sum and sum of squares of its token log-ratios, and for every rule the number of its
+    tokens with zero gradient. Plain lists of floats (one per response), for a tidy table."""
+    delta = log_ratios(logp, old_logp, mask)
+    lengths = mask.sum(1)
+    out = dict(length=lengths.tolist(), advantage=advantage.tolist(),
+               seq_log_ratio=sequence_log_ratio(delta, mask).tolist(),
+               gspo_log_ratio=gspo_log_ratio(delta, mask).tolist(),
+               token_sum=(delta * mask).sum(1).tolist(), token_square_sum=(delta**2 * mask).sum(1).tolist())
+    for rule, (low, high) in clip_ranges.items():
+        out[f"zero_{rule}"] = zero_gradient_tokens(rule, logp, old_logp, advantage, mask, low, high).sum(1).tolist()
+    return out
+
+
+def statistics_by_length(responses) -> pd.DataFrame:
+    """Per response length, over the responses of one or more updates (a DataFrame of update_statistics rows):
+    the variance of the token log-ratios, of the sequence log-ratio and of GSPO's, and per rule the fraction of
+    tokens of responses with a non-zero advantage whose gradient is zero."""
+    frame = pd.DataFrame(responses)
+    rows = []
+    for length, g in frame.groupby("length"):
+        tokens = g.length.sum()
+        token_mean = g.token_sum.sum() / tokens
+        row = dict(length=int(length), responses=len(g), tokens=int(tokens),
+                   var_token_log_ratio=float(g.token_square_sum.sum() / tokens - token_mean**2),
+                   var_seq_log_ratio=float(g.seq_log_ratio.var()), var_gspo_log_ratio=float(g.gspo_log_ratio.var()))
+        moving = g[g.advantage != 0]
+        for column in [c for c in frame.columns if c.startswith("zero_")]:
+            row[f"{column}_fraction"] = float(moving[column].sum() / max(moving.length.sum(), 1))
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -101,3 +101,25 @@ def test_bad_rules_and_clip_ranges_raise():
         ratios.zero_gradient_tokens("ppo", x, x, torch.ones(1), mask, 0.2, 0.2)
     with pytest.raises(ValueError, match="eps_low"):
         ratios.token_ppo_loss(x, x, torch.ones(1), mask, -0.1, 0.2)
+
+
+def test_statistics_by_length_from_hand_made_updates():
+    """Two responses of length 2 and one of length 3 with known log-ratios."""
+    delta = torch.tensor([[0.1, 0.3, 0.0], [-0.1, 0.1, 0.0], [0.2, 0.2, 0.5]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, False], [True, True, False], [True, True, True]])
+    old = torch.full((3, 3), -1.0, dtype=torch.float64)
+    advantage = torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64)
+    stats = ratios.update_statistics(old + delta, old, advantage, mask)
+    frame = ratios.statistics_by_length(stats).set_index("length")
+    assert list(frame.responses) == [2, 1]
+    two = frame.loc[2]
+    tokens = torch.tensor([0.1, 0.3, -0.1, 0.1], dtype=torch.float64)
+    assert two.var_token_log_ratio == pytest.approx(float(tokens.var(unbiased=False)), rel=1e-12)
+    assert two.var_seq_log_ratio == pytest.approx(float(torch.tensor([0.4, 0.0]).var()), rel=1e-6)
+    assert two.var_gspo_log_ratio == pytest.approx(two.var_seq_log_ratio / 4, rel=1e-12)
+    # token clipping at 0.2: only the 0.3 token (ρ = 1.35 > 1.2 with A > 0); GSPO's s = e^0.2 > 1 + 4e-4 silences
+    # all of response 0; response 1 has s = 1 (not < 1 − 3e-4); CISPO silences nothing; response 2 has A = 0
+    assert two.zero_token_fraction == pytest.approx(1 / 4)
+    assert two.zero_gspo_fraction == pytest.approx(2 / 4)
+    assert two.zero_cispo_fraction == 0.0
+    assert frame.loc[3, "zero_cispo_fraction"] == 0.0 and stats["zero_cispo"][2] == 3  # A = 0: no gradient at all
