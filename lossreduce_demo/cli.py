@@ -147,7 +147,7 @@ def cmd_weights(args) -> int:
     chats = load_chats(args.file, on_no_assistant="skip" if args.skip_no_assistant else "error")
     # torch is imported only now, after the cheap checks, so bad input fails in a blink
     from .hf_tokenizer import load_tokenizer
-    from .reductions import Scheme
+    from .reductions import Plan, Scheme
     from .report import weights_summary, weights_table
 
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer is not None else None
@@ -162,8 +162,8 @@ def cmd_weights(args) -> int:
         rec = fw.recipe(micro_batches=args.micro_batches, **options)
         scheme, normalization = rec.scheme, rec.normalization
         spelled = f"framework={args.framework} ({fw.version}: {rec.spelled}), "
-    table = weights_table(chats, scheme, layout=args.layout, ranks=args.ranks, micro_batches=args.micro_batches,
-                          normalization=normalization, row_len=args.row_len, tokenizer=tokenizer, recipe=rec)
+    table = weights_table(chats, scheme, Plan(args.ranks, args.micro_batches, normalization), layout=args.layout,
+                          row_len=args.row_len, tokenizer=tokenizer, recipe=rec)
     _warn_about_empty_micro_batches(table, args.ranks, args.micro_batches, normalization)
     per_sample, per_turn = weights_summary(table)
     print(f"{args.file}: {len(chats)} conversations, {int(table.loss_mask.sum())} loss tokens "
@@ -181,8 +181,8 @@ def cmd_weights(args) -> int:
 
 
 def cmd_make_data(args) -> int:
+    from .notebook import data_path, is_source_checkout
     from .outputs import check_output_dir
-    from .report import data_path, is_source_checkout
     from .synth import SHIPPED, write_shipped
 
     if args.out_dir is None and not is_source_checkout():

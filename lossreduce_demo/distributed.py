@@ -1,13 +1,8 @@
-"""Real data parallel: the same gradient step in R processes with torch.distributed + DistributedDataParallel.
+"""Real data parallel, the harness: the DDP step of `lossreduce_demo.ddp` in R processes, compared with one process.
 
-Each rank takes its contiguous shard of the global batch (`reductions.micro_batch_plan`), splits it into K
-micro-batches, and runs backward on sum(w * l) per micro-batch, under DDP's `no_sync()` for all but the last,
-so DDP all-reduces the accumulated gradient once and divides it by R.
-
-- `global`: before backward the ranks all-reduce (SUM) their `BatchStats` (4 numbers: loss tokens, samples,
-  turns, sum n_i^alpha) and every micro-batch is scaled by R to undo DDP's mean (transformers, verl do the
-  same). Result: exactly the single-process full-batch gradient.
-- `local`: each micro-batch normalised by its own counts, times 1/K (the naive `loss / grad_accum`).
+The step itself (`ddp.ddp_backward`: the all-reduced counts, ×R against DDP's mean) is in `lossreduce_demo.ddp`;
+this module builds the skewed global batches, starts the processes, compares gradients and weights with a single
+process on the whole batch, and returns tidy DataFrames.
 
 Two ways to start it, one code path (`run_rank`):
 - from Python / a notebook: `dp_gradient_errors(...)`, `dp_training(...)` spawn R processes on this machine
@@ -23,11 +18,9 @@ gloo on CPU (fp64 works), nccl when CUDA is there (one GPU per rank).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import faulthandler
 import gc
 import json
-import math
 import os
 import signal
 import socket
@@ -40,25 +33,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 
+from .ddp import ddp_backward, wrap_ddp
 from .errors import OptionError, UserError
 from .layouts import LAYOUTS, Batch, make_layout, token_losses
 from .model import GPT, GPTConfig
-from .reductions import (
-    NORMALIZATIONS,
-    SCHEMES,
-    BatchStats,
-    Scheme,
-    batch_stats,
-    effective_weights,
-    micro_batch_plan,
-    micro_batch_weights,
-    power_exponent,
-    resolve_l_max,
-    token_weights,
-    with_length_ref,
-)
+from .reductions import NORMALIZATIONS, SCHEMES, Plan, Scheme, effective_weights, token_weights
 from .synth import LengthSpec, make_chats
 
 DATASETS = ("skewed", "equal")
@@ -85,7 +65,7 @@ def shard_lengths(data: str, rank: int, ranks: int) -> tuple[LengthSpec, tuple[i
 def global_batch(data: str, ranks: int, rows_per_rank: int, seed: int = 0, step: int = 0,
                  layout: str = "multiturn") -> Batch:
     """The global batch of one optimizer step: rank r's conversations come r-th, so the contiguous shards of
-    `micro_batch_plan` give rank 0 the short ones and the last rank the long ones. Deterministic in
+    `reductions.Plan.deal` give rank 0 the short ones and the last rank the long ones. Deterministic in
     (data, ranks, rows_per_rank, seed, step)."""
     chats = []
     for r in range(ranks):
@@ -93,24 +73,6 @@ def global_batch(data: str, ranks: int, rows_per_rank: int, seed: int = 0, step:
         chats += make_chats(rows_per_rank, lengths=lengths, turns=turns, max_tokens=MODEL_CONFIG.context_len,
                             seed=1_000_003 * seed + 1009 * step + r)
     return make_layout(chats, layout, max_len=MODEL_CONFIG.context_len, row_len=MODEL_CONFIG.context_len)
-
-
-def local_vs_global(batch: Batch, scheme, ranks: int, micro_batches: int = 1) -> tuple[str, float]:
-    """Predict, from the weight maps alone (core arithmetic, no training), how naive `local` DP/GA relates to
-    `global` on this batch: ("exact", 1) same weights; ("scale", s) local = s * global everywhere, so the
-    local gradient is s times the right one (max_rel_grad_diff = |s - 1|; Adam undoes a constant scale up to
-    eps); ("shape", nan) the weights differ token by token: a different objective."""
-    w_global, _, _ = effective_weights(batch, scheme, ranks=ranks, micro_batches=micro_batches,
-                                       normalization="global")
-    w_local, _, _ = effective_weights(batch, scheme, ranks=ranks, micro_batches=micro_batches,
-                                      normalization="local")
-    top, tol = float(w_global.abs().max()), 1e-12
-    if float((w_local - w_global).abs().max()) <= tol * top:
-        return "exact", 1.0
-    s = float((w_local * w_global).sum() / (w_global * w_global).sum())
-    if float((w_local - s * w_global).abs().max()) <= tol * max(top * abs(s), 1e-300):
-        return "scale", s
-    return "shape", float("nan")
 
 
 # ---------------------------------------------------------------- one rank's work
@@ -178,56 +140,6 @@ class DPTask:
         return replace(self, backend=backend, configs=tuple(tuple(c) for c in self.configs))
 
 
-def _all_reduce(values, op, device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=op)
-    return t.tolist()
-
-
-def global_l_max(shard: Batch, scheme: Scheme, device) -> Scheme:
-    """seq-mean-token-sum-norm's L_max (when not a given constant) as the MAX over ranks of each shard's
-    longest sample: the same as resolve_l_max on the global batch, for both normalisations. Likewise
-    length-power's reference length (the longest sample, or for alpha < 0 the shortest, as -MAX of -n)."""
-    if power_exponent(scheme) is not None and scheme.length_ref is None:  # length-power, delta-l
-        sign = 1.0 if power_exponent(scheme) >= 0 else -1.0
-        mine = sign * with_length_ref(shard, scheme).length_ref if shard.loss_mask.any() else -math.inf
-        (ref,) = _all_reduce([mine], dist.ReduceOp.MAX, device)
-        return replace(scheme, length_ref=sign * ref if math.isfinite(ref) else 1.0)
-    if scheme.name != "seq-mean-token-sum-norm" or scheme.l_max is not None or scheme.l_max_scope != "batch":
-        return scheme
-    (l_max,) = _all_reduce([resolve_l_max(shard, scheme).l_max], dist.ReduceOp.MAX, device)
-    return replace(scheme, l_max=l_max)
-
-
-def global_stats(shard: Batch, scheme: Scheme, device) -> BatchStats:
-    """The fix: all-reduce (SUM) the shard's additive counts, so every rank divides by the global batch's."""
-    return BatchStats(*_all_reduce(batch_stats(shard, scheme).as_tuple(), dist.ReduceOp.SUM, device))
-
-
-def ddp_backward(ddp: DDP, batch: Batch, scheme: Scheme, normalization: str, micro_batches: int,
-                 device) -> float:
-    """This rank's share of one optimizer step: K micro-batches, no_sync on all but the last.
-    Afterwards every rank holds DDP's averaged gradient. Returns this rank's weighted loss (its share of J)."""
-    rank, ranks = dist.get_rank(), dist.get_world_size()
-    plan = [mb for mb in micro_batch_plan(batch.tokens.shape[0], ranks, micro_batches) if mb.rank == rank]
-    shard = batch.select([i for mb in plan for i in mb.rows]).to(device)
-    scheme = global_l_max(shard, scheme, device)
-    if normalization == "rank":  # the rank's own window: its own length-power reference length
-        scheme = with_length_ref(shard, scheme)
-    stats = {"global": lambda: global_stats(shard, scheme, device), "rank": lambda: batch_stats(shard, scheme),
-             "local": lambda: None}[normalization]()  # rank: the shard's own counts; local: each micro-batch's
-    total = 0.0
-    for mb in plan:
-        micro = batch.select(list(mb.rows)).to(device)
-        w = micro_batch_weights(micro, scheme, normalization, stats, ranks, micro_batches)
-        sync = mb.step == micro_batches - 1
-        with contextlib.nullcontext() if sync else ddp.no_sync():
-            loss = (w.to(dtype=next(ddp.parameters()).dtype) * token_losses(ddp, micro)).sum()
-            loss.backward()
-        total += float(loss.detach())
-    return total
-
-
 class SingleProcess:
     """The single-process reference: one plain model, the whole batch, one forward; the gradient of
     sum(w * l) for any weight map w (gradients are linear in w, so the graph is reused)."""
@@ -268,12 +180,6 @@ def new_model(seed: int, dtype: torch.dtype, device) -> GPT:
     return GPT(MODEL_CONFIG).to(device=device, dtype=dtype).train()
 
 
-def wrap_ddp(model) -> DDP:
-    """DDP over this process group; on a GPU, pinned to this rank's device."""
-    device = next(model.parameters()).device
-    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
 def _owner(configs, ranks: int) -> dict:
     """(data, scheme) -> the rank that does its single-process comparison (round robin: the ranks share it)."""
     keys = list(dict.fromkeys((c[0], c[1]) for c in configs))
@@ -295,7 +201,7 @@ def _gradient_rows(task: DPTask, device) -> list[dict]:
                 batches[data] = global_batch(data, ranks, task.rows_per_rank, seed, layout=task.layout)
             batch = batches[data]
             ddp.zero_grad(set_to_none=True)
-            ddp_backward(ddp, batch, scheme, norm, k, device)
+            ddp_backward(ddp, batch, scheme, Plan(ranks, k, norm), device)
             if owner[data, name] != rank:
                 continue
             if data not in singles:
@@ -307,7 +213,7 @@ def _gradient_rows(task: DPTask, device) -> list[dict]:
             if norm == "global":  # the core's prediction is the full-batch gradient itself
                 vs_core = diff
             else:
-                w, _, _ = effective_weights(batch, scheme, ranks=ranks, micro_batches=k, normalization=norm)
+                w, _, _ = effective_weights(batch, scheme, Plan(ranks, k, norm))
                 vs_core = max_rel_diff(grad, singles[data].grad(w))
             common = dict(seed=seed, data=data, scheme=name, normalization=norm, ranks=ranks, micro_batches=k,
                           rows_per_rank=task.rows_per_rank, dtype=task.dtype)
@@ -339,7 +245,7 @@ def _training_rows(task: DPTask, device) -> list[dict]:
                           rows_per_rank=task.rows_per_rank, dtype=task.dtype)
             for step, batch in enumerate(batches[data]):
                 opt.zero_grad(set_to_none=True)
-                ddp_backward(ddp, batch, scheme, norm, k, device)
+                ddp_backward(ddp, batch, scheme, Plan(ranks, k, norm), device)
                 if mine:
                     single_opt.zero_grad(set_to_none=True)
                     weighted_backward(single, batch.to(device), token_weights(batch, scheme))
@@ -589,8 +495,7 @@ def _torchrun_main(argv=None) -> int:
 
 
 __all__ = ["DPTask", "dp_gradient_errors", "dp_training", "dp_check_main", "global_batch", "run_rank",
-           "run_spawned", "spawn", "product_configs", "local_vs_global", "ddp_backward",
-           "global_stats", "global_l_max", "wrap_ddp", "max_rel_diff", "result_line"]
+           "run_spawned", "spawn", "product_configs", "max_rel_diff", "result_line"]
 
 if __name__ == "__main__":
     sys.exit(_torchrun_main())

@@ -21,7 +21,7 @@ def readme_figures() -> dict:
     lengths = synth.LengthSpec("bimodal", short_mean=4, long_mean=30, long_fraction=0.25)
     batch = layouts.multiturn_layout(synth.make_chats(16, lengths=lengths, turns=(1, 3), seed=0))
     weights = {s: reductions.token_weights(batch, s) for s in reductions.SCHEMES}
-    naive, rank, step = reductions.effective_weights(batch, "token-mean", micro_batches=4, normalization="local")
+    naive, rank, step = reductions.effective_weights(batch, "token-mean", reductions.Plan(micro_batches=4, normalization="local"))
     return {
         "chat_template.png": plots.token_strip(synth.GEORGE_WASHINGTON),
         "weights_by_scheme.png": plots.weight_heatmap_grid(batch, weights),

@@ -2,7 +2,7 @@
 
 Each preset maps a library's options to the core's terms (`reductions`: a scheme × a normalisation window ×
 whether empty samples count × where L_max comes from) and so to the weight `w = dJ/dl` the optimiser effectively
-applies to every token, for any ranks × micro-batches plan (rows dealt as `reductions.micro_batch_plan` deals
+applies to every token, for any ranks × micro-batches plan (rows dealt as `reductions.Plan.deal` deals
 them, DDP's mean over ranks included):
 
     >>> from lossreduce_demo.frameworks import effective_weights
@@ -293,8 +293,8 @@ def placed_weights(batch: Batch, name: str, *, ranks: int = 1, micro_batches: in
     """`effective_weights` with the (rank, micro_batch) of every row, as `reductions.effective_weights`."""
     rec = recipe(name, micro_batches=micro_batches, **options)
     check_batch(batch, rec)
-    return reductions.effective_weights(batch, rec.scheme, ranks=ranks, micro_batches=micro_batches,
-                                        normalization=rec.normalization, window_steps=rec.window_steps)
+    plan = reductions.Plan(ranks, micro_batches, rec.normalization, rec.window_steps)
+    return reductions.effective_weights(batch, rec.scheme, plan)
 
 
 def effective_weights(batch: Batch, framework: str, *, ranks: int = 1, micro_batches: int = 1,

@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from .layouts import Batch
-from .reductions import as_scheme, effective_weights
-from .report import LENGTH_BUCKETS, length_bucket_labels
+from .reductions import FULL_BATCH, LENGTH_BUCKETS, Plan, as_scheme, effective_weights, length_bucket_labels
 
 REFERENCE = "token-mean"  # the global token-mean gradient every scheme is compared with
 
@@ -71,10 +70,9 @@ class TurnGradients:
     turns: pd.DataFrame  # unit, row, sample, turn, n_tokens, bucket
     batch: Batch
 
-    def weights(self, scheme, *, ranks: int = 1, micro_batches: int = 1, normalization: str = "global") -> np.ndarray:
-        """(U,) weight of each turn's tokens under a scheme (checked constant within the turn)."""
-        w, _, _ = effective_weights(self.batch, scheme, ranks=ranks, micro_batches=micro_batches,
-                                    normalization=normalization)
+    def weights(self, scheme, plan: Plan = FULL_BATCH) -> np.ndarray:
+        """(U,) weight of each turn's tokens under a scheme and micro-batch plan (checked constant within the turn)."""
+        w, _, _ = effective_weights(self.batch, scheme, plan)
         out = np.zeros(len(self.turns))
         for u, (row, turn) in enumerate(zip(self.turns.row, self.turns.turn)):
             vals = w[row][(self.batch.turn_id[row] == turn) & self.batch.loss_mask[row]]
@@ -100,65 +98,60 @@ def turn_gradients(model, batch: Batch) -> TurnGradients:
     return TurnGradients(unit_gradients(model, batch, masks, rows).double(), turns, batch)
 
 
-def _scheme_rows(tg: TurnGradients, schemes, ranks, micro_batches, normalization):
+def _scheme_rows(tg: TurnGradients, schemes, plan: Plan):
     for scheme in schemes:
         scheme = as_scheme(scheme)
-        w = tg.weights(scheme, ranks=ranks, micro_batches=micro_batches, normalization=normalization)
-        yield scheme, torch.from_numpy(w)
+        yield scheme, torch.from_numpy(tg.weights(scheme, plan))
 
 
-def scheme_gradient(tg: TurnGradients, scheme, **plan) -> torch.Tensor:
+def scheme_gradient(tg: TurnGradients, scheme, plan: Plan = FULL_BATCH) -> torch.Tensor:
     """(P,) total gradient of a scheme: Σ_u w_u G_u."""
-    w = torch.from_numpy(tg.weights(scheme, **plan))
-    return w @ tg.grads
+    return torch.from_numpy(tg.weights(scheme, plan)) @ tg.grads
 
 
-def sample_shares(tg: TurnGradients, schemes, *, ranks: int = 1, micro_batches: int = 1,
-                  normalization: str = "global") -> pd.DataFrame:
+def sample_shares(tg: TurnGradients, schemes, plan: Plan = FULL_BATCH) -> pd.DataFrame:
     """One row per (scheme, sample): n_tokens, grad_norm ‖g_i‖, share <g_i, g>/‖g‖² (sums to 1 over samples),
     norm_share ‖g_i‖ / Σ_j ‖g_j‖."""
     out = []
     samples = tg.turns.groupby("sample", sort=True)
-    for scheme, w in _scheme_rows(tg, schemes, ranks, micro_batches, normalization):
+    for scheme, w in _scheme_rows(tg, schemes, plan):
         contrib = w[:, None] * tg.grads  # (U, P)
         total = contrib.sum(0)
         per_sample = torch.stack([contrib[torch.tensor(g.unit.to_numpy())].sum(0) for _, g in samples])
         norms = per_sample.norm(dim=1)
         share = per_sample @ total / total.dot(total).clamp_min(1e-300)
         for (sample, g), nrm, sh in zip(samples, norms, share):
-            out.append(dict(scheme=scheme.label, normalization=normalization, sample=sample,
+            out.append(dict(scheme=scheme.label, normalization=plan.normalization, sample=sample,
                             n_tokens=int(g.n_tokens.sum()), grad_norm=float(nrm), share=float(sh),
                             norm_share=float(nrm / norms.sum().clamp_min(1e-300))))
     return pd.DataFrame(out)
 
 
-def scheme_cosines(tg: TurnGradients, schemes, *, ranks: int = 1, micro_batches: int = 1,
-                   normalization: str = "global") -> pd.DataFrame:
+def scheme_cosines(tg: TurnGradients, schemes, plan: Plan = FULL_BATCH) -> pd.DataFrame:
     """One row per scheme: cosine of its total gradient to the global token-mean gradient, and its norm."""
     ref = scheme_gradient(tg, REFERENCE)
     out = []
-    for scheme, w in _scheme_rows(tg, schemes, ranks, micro_batches, normalization):
+    for scheme, w in _scheme_rows(tg, schemes, plan):
         g = w @ tg.grads
         cos = float(g.dot(ref) / (g.norm() * ref.norm()).clamp_min(1e-300))
-        out.append(dict(scheme=scheme.label, normalization=normalization, micro_batches=micro_batches,
-                        ranks=ranks, cosine_to_token_mean=cos, grad_norm=float(g.norm())))
+        out.append(dict(scheme=scheme.label, normalization=plan.normalization, micro_batches=plan.micro_batches,
+                        ranks=plan.ranks, cosine_to_token_mean=cos, grad_norm=float(g.norm())))
     return pd.DataFrame(out)
 
 
-def bucket_shares(tg: TurnGradients, schemes, *, ranks: int = 1, micro_batches: int = 1,
-                  normalization: str = "global") -> pd.DataFrame:
+def bucket_shares(tg: TurnGradients, schemes, plan: Plan = FULL_BATCH) -> pd.DataFrame:
     """One row per (scheme, response-length bucket): share of the step <Σ_{u in bucket} w_u G_u, g>/‖g‖²,
     the bucket's share of loss tokens, and its share of the total weight."""
     out = []
     tokens = tg.turns.groupby("bucket", sort=False).n_tokens.sum()
-    for scheme, w in _scheme_rows(tg, schemes, ranks, micro_batches, normalization):
+    for scheme, w in _scheme_rows(tg, schemes, plan):
         total = w @ tg.grads
         proj = (tg.grads @ total) * w / total.dot(total).clamp_min(1e-300)  # (U,) each turn's projection share
         mass = w * torch.tensor(tg.turns.n_tokens.to_numpy(), dtype=torch.float64)
         for bucket in [b for b in length_bucket_labels(LENGTH_BUCKETS) if b in tokens.index]:
             g = tg.turns[tg.turns.bucket == bucket]
             idx = torch.tensor(g.unit.to_numpy().copy())
-            out.append(dict(scheme=scheme.label, normalization=normalization, bucket=bucket,
+            out.append(dict(scheme=scheme.label, normalization=plan.normalization, bucket=bucket,
                             n_turns=len(g), token_share=float(tokens[bucket] / tokens.sum()),
                             weight_share=float(mass[idx].sum() / mass.sum()), gradient_share=float(proj[idx].sum())))
     return pd.DataFrame(out)

@@ -259,7 +259,7 @@ def as_tokenizer(tokenizer) -> ChatTokenizer | None:
 
 def shipped_tokenizer() -> ChatTokenizer:
     """The tokenizer in data/chat_tokenizer/."""
-    from .report import data_path
+    from .notebook import data_path
 
     return load_tokenizer(data_path(SHIPPED_TOKENIZER))
 

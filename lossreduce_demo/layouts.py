@@ -28,12 +28,12 @@ from tqdm.auto import tqdm
 from .chats import ChatFormatError
 from .errors import SizeLimitError
 from .hf_tokenizer import as_tokenizer
+from .model import IGNORE_INDEX
 from .tokenizer import ROLE_CODES, RenderedChat, render
 
 LAYOUTS = ("split", "multiturn", "packed")
 CONTAMINATED = "packed-causal"
 ALL_LAYOUTS = LAYOUTS + (CONTAMINATED,)
-IGNORE_INDEX = -100
 MAX_TOKENS = 1 << 22  # rendered tokens of all conversations of one layout (4,194,304)
 MAX_SLOTS = 1 << 22  # padded rows × row length of one layout
 
@@ -67,15 +67,23 @@ class Batch:
         return Batch(**{f.name: getattr(self, f.name).to(device) for f in fields(self) if f.name != "layout"},
                      layout=self.layout)
 
+    def trimmed(self) -> Batch:
+        """The batch without its all-padding columns at the end (rows cut out of a batch padded to its longest)."""
+        used = (self.segment_id >= 0).any(0)
+        width = int(used.nonzero().max()) + 1 if used.any() else 1
+        if width == self.tokens.shape[1]:
+            return self
+        return Batch(**{f.name: getattr(self, f.name)[:, :width] for f in fields(self) if f.name != "layout"},
+                     layout=self.layout)
+
     def attention_mask(self) -> torch.Tensor:
         """(B, 1, T, T) bool, True = may attend: causal, within the same conversation segment.
 
-        Padding queries attend to themselves only, so no attention row is empty (an empty row gives NaN)."""
+        Padding queries attend to nothing here; `GPT.forward` adds the diagonal (a query always sees itself)."""
         T = self.tokens.shape[1]
         causal = torch.ones(T, T, dtype=torch.bool, device=self.tokens.device).tril()
         same = self.segment_id[:, :, None] == self.segment_id[:, None, :]
         mask = same & causal & (self.segment_id[:, None, :] >= 0)
-        mask = mask | torch.eye(T, dtype=torch.bool, device=self.tokens.device)
         return mask[:, None]
 
     def model_inputs(self) -> dict:

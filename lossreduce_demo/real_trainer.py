@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .layouts import IGNORE_INDEX, Batch, make_layout
-from .reductions import micro_batch_plan
+from .reductions import Plan
 from .tokenizer import BOS, EOT, PAD, VOCAB_SIZE
 
 
@@ -50,10 +50,10 @@ def causal_lm_labels(batch: Batch) -> torch.Tensor:
 
 
 def trainer_order(n_rows: int, ranks: int, micro_batches: int) -> list[int]:
-    """The dataset order under which the Trainer deals rows as `reductions.micro_batch_plan` does: its sequential
+    """The dataset order under which the Trainer deals rows as `reductions.Plan.deal` does: its sequential
     sampler yields batches in order and accelerate gives batch g to process g % R, so batch k·R + r must hold the
     rows of rank r's micro-batch k."""
-    plan = {(mb.rank, mb.step): mb.rows for mb in micro_batch_plan(n_rows, ranks, micro_batches)}
+    plan = {(mb.rank, mb.step): mb.rows for mb in Plan(ranks, micro_batches).deal(n_rows)}
     return [i for k in range(micro_batches) for r in range(ranks) for i in plan[r, k]]
 
 
@@ -62,7 +62,7 @@ def trainer_step_gradient(batch: Batch, micro_batch_size: int, micro_batches: in
                           seed: int = 0) -> torch.Tensor:
     """The gradient a real `Trainer` accumulates over one optimizer step of `micro_batches` micro-batches of
     `micro_batch_size` rows on each process (under torchrun: DDP's averaged one; rows dealt as
-    `micro_batch_plan` deals them; clipping off). `model_accepts_loss_kwargs=False` makes it treat the model as
+    `reductions.Plan.deal` deals them; clipping off). `model_accepts_loss_kwargs=False` makes it treat the model as
     one without loss kwargs (no `num_items_in_batch`: the per-micro-batch mean)."""
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 

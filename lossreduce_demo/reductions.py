@@ -83,7 +83,7 @@ class Scheme:
     def __post_init__(self):
         if self.name not in SCHEMES:
             raise ValueError(f"unknown scheme {self.name!r}; choose one of {', '.join(SCHEMES)}")
-        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha)):
+        if isinstance(self.alpha, bool) or not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha)):
             raise ValueError(f"alpha={self.alpha!r}: must be a finite number")
         if not (isinstance(self.delta_l_alpha, (int, float)) and math.isfinite(self.delta_l_alpha)):
             raise ValueError(f"delta_l_alpha={self.delta_l_alpha!r}: must be a finite number")
@@ -251,98 +251,143 @@ def token_weights(batch: Batch, scheme, stats: BatchStats | None = None) -> torc
 
 
 @dataclass(frozen=True)
+class Plan:
+    """How one optimizer step's rows are split and normalised: R ranks (data parallel) × K micro-batches per rank
+    (gradient accumulation), whose counts each micro-batch divides by (`normalization`: the window table above),
+    and for a global count the accumulation steps its window spans (`window_steps` S, default K)."""
+
+    ranks: int = 1
+    micro_batches: int = 1
+    normalization: str = "global"
+    window_steps: int | None = None
+
+    def __post_init__(self):
+        for name in ("ranks", "micro_batches", "window_steps"):
+            value = getattr(self, name)
+            if value is None and name == "window_steps":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise OptionError(f"{name}={value!r}: must be an integer >= 1")
+        if self.normalization not in NORMALIZATIONS:
+            raise OptionError(f"unknown normalization {self.normalization!r}; choose one of "
+                              f"{', '.join(NORMALIZATIONS)}")
+        if self.steps % self.micro_batches and self.micro_batches % self.steps:
+            raise OptionError(f"window_steps={self.steps}: must divide micro_batches={self.micro_batches} "
+                              "or be a multiple of it")
+
+    @property
+    def steps(self) -> int:
+        """S: the accumulation steps one global count spans (K unless `window_steps` says otherwise)."""
+        return self.micro_batches if self.window_steps is None else self.window_steps
+
+    @property
+    def coefficient(self) -> float:
+        """What a micro-batch's loss is multiplied by before backward, so that summing gradients over K steps
+        and DDP's mean over R ranks give the intended objective."""
+        if self.normalization == "global":  # global denominators already divide by the window; undo DDP's 1/R
+            return float(self.ranks) * self.steps / self.micro_batches
+        if self.normalization == "rank":
+            return 1.0  # each rank's count over its own GA window, no loss / K (DDP's 1/R stays)
+        return 1.0 / self.micro_batches  # local: the usual `loss / grad_accum_steps`
+
+    def deal(self, n_rows: int) -> list[MicroBatch]:
+        """Deal rows in order: rank r gets the r-th contiguous shard, split into K contiguous micro-batches
+        (max(K, S) when a global window spans several optimizer steps; sizes differ by at most one when rows do
+        not divide evenly; a micro-batch may be empty)."""
+        plan = []
+        for r, shard in enumerate(np.array_split(np.arange(n_rows), self.ranks)):
+            for k, rows in enumerate(np.array_split(shard, max(self.micro_batches, self.steps))):
+                plan.append(MicroBatch(r, k, tuple(int(i) for i in rows)))
+        return plan
+
+    def window(self, mb: MicroBatch) -> tuple:
+        """Micro-batches with the same window pool their counts into one denominator."""
+        if self.normalization == "global":
+            return (mb.step // self.steps,)
+        if self.normalization == "rank":
+            return (mb.rank, mb.step // self.micro_batches)
+        return (mb.rank, mb.step)
+
+
+FULL_BATCH = Plan()  # one rank, one micro-batch: the whole global batch in one backward
+
+
+@dataclass(frozen=True)
 class MicroBatch:
     rank: int
     step: int  # accumulation step k on that rank
     rows: tuple[int, ...]
 
 
-def micro_batch_plan(n_rows: int, ranks: int = 1, micro_batches: int = 1) -> list[MicroBatch]:
-    """Deal rows in order: rank r gets the r-th contiguous shard, split into K contiguous micro-batches
-    (sizes differ by at most one when rows do not divide evenly; a micro-batch may be empty)."""
-    if ranks < 1 or micro_batches < 1:
-        raise ValueError(f"ranks={ranks}, micro_batches={micro_batches}: both must be >= 1")
-    plan = []
-    for r, shard in enumerate(np.array_split(np.arange(n_rows), ranks)):
-        for k, rows in enumerate(np.array_split(shard, micro_batches)):
-            plan.append(MicroBatch(r, k, tuple(int(i) for i in rows)))
-    return plan
+def windows(batch: Batch, scheme: Scheme, plan: Plan) -> dict[tuple, tuple[Scheme, BatchStats]]:
+    """Every normalisation window of `plan`: the scheme fixed on it (length-power's reference length) and its
+    pooled counts (global: what the ranks all-reduce)."""
+    rows: dict[tuple, list[int]] = {}
+    for mb in plan.deal(batch.tokens.shape[0]):
+        if mb.rows:
+            rows.setdefault(plan.window(mb), []).extend(mb.rows)
+    out = {}
+    for key, window_rows in rows.items():
+        window = batch.select(window_rows)
+        fixed = with_length_ref(window, scheme) if scheme.length_ref is None else scheme
+        out[key] = (fixed, batch_stats(window, fixed))
+    return out
 
 
-def _window_steps(micro_batches: int, window_steps: int | None) -> int:
-    steps = micro_batches if window_steps is None else window_steps
-    if steps < 1 or (steps % micro_batches and micro_batches % steps):
-        raise OptionError(f"window_steps={steps}: must divide micro_batches={micro_batches} or be a multiple of it")
-    return steps
-
-
-def micro_batch_coefficient(normalization: str, ranks: int, micro_batches: int,
-                            window_steps: int | None = None) -> float:
-    """What a micro-batch's loss is multiplied by before backward, so that summing gradients over K steps
-    and DDP's mean over R ranks give the intended objective."""
-    if normalization == "global":  # global denominators already divide by the window; undo DDP's 1/R
-        return float(ranks) * _window_steps(micro_batches, window_steps) / micro_batches
-    if normalization == "rank":
-        return 1.0  # each rank's count over its own GA window, no loss / K (DDP's 1/R stays)
-    if normalization == "local":
-        return 1.0 / micro_batches  # the usual `loss / grad_accum_steps`
-    raise ValueError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
-
-
-def window_key(mb: MicroBatch, normalization: str, micro_batches: int, window_steps: int | None = None) -> tuple:
-    """Micro-batches with the same key pool their counts into one denominator."""
-    if normalization == "global":
-        return (mb.step // _window_steps(micro_batches, window_steps),)
-    if normalization == "rank":
-        return (mb.rank, mb.step // micro_batches)
-    return (mb.rank, mb.step)
-
-
-def micro_batch_weights(micro: Batch, scheme: Scheme, normalization: str, window_stats: BatchStats | None,
-                        ranks: int, micro_batches: int, window_steps: int | None = None) -> torch.Tensor:
+def micro_batch_weights(micro: Batch, scheme: Scheme, plan: Plan, window: BatchStats | None) -> torch.Tensor:
     """The weights a micro-batch's loss applies to its own tokens, coefficient included (before DDP's 1/R).
-    `window_stats`: the pooled counts of its normalisation window (global: the step's, all-reduced; rank: its
-    rank's K micro-batches'); local uses the micro-batch's own, and its own length-power reference length."""
-    if normalization == "local":
+    `window`: the pooled counts of its normalisation window (global: the step's, all-reduced; rank: its rank's
+    K micro-batches'); local uses the micro-batch's own, and its own length-power reference length."""
+    if plan.normalization == "local":
         scheme = with_length_ref(micro, scheme)
-    stats = batch_stats(micro, scheme) if normalization == "local" else window_stats
-    coefficient = micro_batch_coefficient(normalization, ranks, micro_batches, window_steps)
-    return token_weights(micro, scheme, stats) * coefficient
+    stats = batch_stats(micro, scheme) if plan.normalization == "local" else window
+    return token_weights(micro, scheme, stats) * plan.coefficient
 
 
-def effective_weights(batch: Batch, scheme, *, ranks: int = 1, micro_batches: int = 1,
-                      normalization: str = "global", window_steps: int | None = None,
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def effective_weights(batch: Batch, scheme, plan: Plan = FULL_BATCH) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Weights the optimiser effectively applies, w = dJ/dl, with J = (1/R) sum_r sum_k c_rk * loss_rk.
 
-    `window_steps` S (default K): a global count spans S consecutive accumulation steps on every rank (TRL's
-    generation batch). With S > K the batch holds S/K optimizer steps (rows dealt into S micro-batches per rank,
-    whatever the normalisation) and each token's weight is the one it gets in its own step. Returns (weights, rank, micro_batch): three (B, T) tensors, the
-    last two telling where each row went."""
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
-    steps = _window_steps(micro_batches, window_steps)
+    With `plan.window_steps` S > K the batch holds S/K optimizer steps (rows dealt into S micro-batches per rank,
+    whatever the normalisation; TRL's generation batch) and each token's weight is the one it gets in its own
+    step. Returns (weights, rank, micro_batch): three (B, T) tensors, the last two telling where each row went."""
     scheme = resolve_step_l_max(batch, as_scheme(scheme))
     weights = torch.zeros(batch.tokens.shape, dtype=WEIGHT_DTYPE)
     rank_of = torch.full(batch.tokens.shape, -1, dtype=torch.long)
     step_of = torch.full(batch.tokens.shape, -1, dtype=torch.long)
-    plan = [mb for mb in micro_batch_plan(batch.tokens.shape[0], ranks, max(micro_batches, steps)) if mb.rows]
-    micro = {mb: batch.select(list(mb.rows)) for mb in plan}
-    key_of = {mb: window_key(mb, normalization, micro_batches, steps) for mb in plan}
-    window_rows: dict[tuple, list[int]] = {}
-    for mb in plan:
-        window_rows.setdefault(key_of[mb], []).extend(mb.rows)
-    window_scheme = {key: with_length_ref(batch.select(rows), scheme) if scheme.length_ref is None else scheme
-                     for key, rows in window_rows.items()}
-    pooled: dict[tuple, BatchStats] = {}
-    for mb in plan:
-        key = key_of[mb]
-        stats = batch_stats(micro[mb], window_scheme[key])
-        pooled[key] = pooled[key] + stats if key in pooled else stats
-    for mb in plan:
-        rows, key = list(mb.rows), key_of[mb]
-        w = micro_batch_weights(micro[mb], window_scheme[key], normalization, pooled[key], ranks, micro_batches,
-                                steps)
-        weights[rows] = w / ranks  # DDP averages gradients over ranks
+    pooled = windows(batch, scheme, plan)
+    for mb in plan.deal(batch.tokens.shape[0]):
+        if not mb.rows:
+            continue
+        rows = list(mb.rows)
+        fixed, stats = pooled[plan.window(mb)]
+        weights[rows] = micro_batch_weights(batch.select(rows), fixed, plan, stats) / plan.ranks  # DDP's mean
         rank_of[rows], step_of[rows] = mb.rank, mb.step
     return weights, rank_of, step_of
+
+
+def local_vs_global(batch: Batch, scheme, plan: Plan) -> tuple[str, float]:
+    """Predict, from the weight maps alone (no training), how `plan`'s normalization (local or rank) relates to
+    global under the same ranks and micro-batches: ("exact", 1) same weights; ("scale", s) = s * global
+    everywhere, so the gradient is s times the right one (max_rel_grad_diff = |s - 1|; Adam undoes a constant
+    scale up to eps); ("shape", nan) the weights differ token by token: a different objective. A global `plan`
+    is compared with local."""
+    other = "local" if plan.normalization == "global" else plan.normalization
+    w_global, _, _ = effective_weights(batch, scheme, replace(plan, normalization="global"))
+    w_local, _, _ = effective_weights(batch, scheme, replace(plan, normalization=other))
+    top, tol = float(w_global.abs().max()), 1e-12
+    if float((w_local - w_global).abs().max()) <= tol * top:
+        return "exact", 1.0
+    s = float((w_local * w_global).sum() / (w_global * w_global).sum())
+    if float((w_local - s * w_global).abs().max()) <= tol * max(top * abs(s), 1e-300):
+        return "scale", s
+    return "shape", float("nan")
+
+
+# ---------------------------------------------------------------- response-length buckets
+
+LENGTH_BUCKETS = (0, 8, 16, 32, 64, float("inf"))  # loss tokens per sample (or turn); bucket i is (e_i, e_i+1]
+
+
+def length_bucket_labels(edges=LENGTH_BUCKETS) -> list[str]:
+    """Labels 1-8, 9-16, ..., >64: the names of the suite's response-length buckets (plots, training, gradients)."""
+    return [f"{int(lo) + 1}-{int(hi)}" if hi != float("inf") else f">{int(lo)}" for lo, hi in zip(edges[:-1], edges[1:])]

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
 from .hf_tokenizer import as_tokenizer
 from .layouts import Batch, make_layout
-from .reductions import as_scheme, effective_weights
+from .reductions import FULL_BATCH, LENGTH_BUCKETS, Plan, as_scheme, effective_weights, length_bucket_labels
 from .tokenizer import ROLE_NAMES, VOCAB_SIZE, token_text
 
 _ROLE_NAME_ARRAY = np.array([ROLE_NAMES[i] for i in range(len(ROLE_NAMES))], dtype=object)
@@ -40,23 +40,22 @@ def batch_table(batch: Batch, weights, rank=None, micro_batch=None, tokenizer=No
     return frame
 
 
-def weights_table(conversations, scheme, *, layout: str = "multiturn", ranks: int = 1, micro_batches: int = 1,
-                  normalization: str = "global", row_len: int | None = None,
-                  max_len: int | None = None, tokenizer=None, recipe=None) -> pd.DataFrame:
-    """Effective per-token weights of `conversations` laid out by `layout`, dealt into R ranks × K micro-batches.
+def weights_table(conversations, scheme, plan: Plan = FULL_BATCH, *, layout: str = "multiturn",
+                  row_len: int | None = None, max_len: int | None = None, tokenizer=None, recipe=None) -> pd.DataFrame:
+    """Effective per-token weights of `conversations` laid out by `layout`, dealt by `plan` (R ranks × K
+    micro-batches, normalization).
     `tokenizer`: None renders with the byte template; a ChatTokenizer or a local Hugging Face tokenizer directory
     renders with its own chat template (`token` = its ids, `text` = its pieces). `recipe` (a `frameworks.Recipe`)
-    replaces scheme and normalization by a framework preset's."""
+    replaces the scheme and the plan's normalization by a framework preset's."""
     tokenizer = as_tokenizer(tokenizer)
     batch = make_layout(conversations, layout, max_len=max_len, row_len=row_len, tokenizer=tokenizer)
-    window_steps = None
     if recipe is not None:
         from .frameworks import check_batch
 
         check_batch(batch, recipe)
-        scheme, normalization, window_steps = recipe.scheme, recipe.normalization, recipe.window_steps
-    weights, rank, step = effective_weights(batch, as_scheme(scheme), ranks=ranks, micro_batches=micro_batches,
-                                            normalization=normalization, window_steps=window_steps)
+        scheme, plan = recipe.scheme, replace(plan, normalization=recipe.normalization,
+                                              window_steps=recipe.window_steps)
+    weights, rank, step = effective_weights(batch, as_scheme(scheme), plan)
     return batch_table(batch, weights, rank, step, tokenizer)
 
 
@@ -75,14 +74,6 @@ def weights_summary(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 # ---------------------------------------------------------------- per-sample weight profiles (plots, widgets)
-
-LENGTH_BUCKETS = (0, 8, 16, 32, 64, float("inf"))  # loss tokens per sample (or turn); bucket i is (e_i, e_i+1]
-
-
-def length_bucket_labels(edges=LENGTH_BUCKETS) -> list[str]:
-    """Labels 1-8, 9-16, ..., >64: the names of the suite's response-length buckets (plots, training, gradients)."""
-    return [f"{int(lo) + 1}-{int(hi)}" if hi != float("inf") else f">{int(lo)}" for lo, hi in zip(edges[:-1], edges[1:])]
-
 
 def length_profile(batch: Batch, weights, by: str = "sample") -> pd.DataFrame:
     """One row per sample (or assistant turn, by="turn") with loss tokens: its length, total weight, weight per
@@ -119,76 +110,3 @@ def bucket_shares(profile: pd.DataFrame, edges=LENGTH_BUCKETS) -> pd.DataFrame:
     out["share"] = out.weight / total_w if total_w > 0 else 0.0
     out["token_share"] = out.tokens / total_t if total_t > 0 else 0.0
     return out
-
-
-# ---------------------------------------------------------------- notebook helpers
-
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def data_path(name: str = "") -> Path:
-    """Path of a shipped data file; data_path() is the folder itself. The data ships inside the package
-    (`lossreduce_demo/data`, package data, so a plain `pip install` has it); in a source checkout that is a link to
-    the repository's `data/` folder (the checkout's `data/` is used directly where links are not supported)."""
-    folder = PACKAGE_DIR / "data"
-    if not folder.is_dir() and is_source_checkout():
-        folder = PACKAGE_DIR.parent / "data"
-    path = folder / name
-    if name and not path.exists():
-        shipped = ", ".join(sorted(p.name for p in folder.glob("*.jsonl")))
-        raise FileNotFoundError(f"{path}: no such data file (shipped: {shipped or 'none'}; "
-                                "`python -m lossreduce_demo make-data` regenerates them)")
-    return path
-
-
-def is_source_checkout() -> bool:
-    """Whether the package runs from the repository (editable install) rather than from an installed copy."""
-    return (PACKAGE_DIR.parent / "pyproject.toml").is_file()
-
-
-def setup_notebook(seed: int = 0, verbose: bool = True) -> dict:
-    """Seed python/numpy/torch, apply LOSSREDUCE_THREADS, and report versions, device and fast mode."""
-    import platform
-    import random
-
-    import torch
-
-    from . import __version__
-    from .config import fast_mode
-    from .model import default_device, set_torch_threads
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    info = {"python": platform.python_version(), "torch": torch.__version__, "lossreduce_demo": __version__,
-            "device": str(default_device()), "threads": set_torch_threads(), "fast_mode": fast_mode(),
-            "seed": seed}
-    if verbose:
-        print(" | ".join(f"{k} {v}" for k, v in info.items()))
-    return info
-
-
-def check_environment() -> pd.DataFrame:
-    """One row per check (packages, data files, a weight map, a widget), with ok True/False."""
-    import importlib
-
-    rows = []
-    for package in ("torch", "numpy", "pandas", "matplotlib", "ipywidgets", "tqdm"):
-        try:
-            rows.append((f"import {package}", importlib.import_module(package).__version__, True))
-        except Exception as error:  # noqa: BLE001 - any import failure is what we report
-            rows.append((f"import {package}", f"{type(error).__name__}: {error}", False))
-    for name in ("default_chats.jsonl", "george_washington.jsonl"):
-        try:
-            rows.append((f"data/{name}", f"{data_path(name).stat().st_size} bytes", True))
-        except FileNotFoundError as error:
-            rows.append((f"data/{name}", str(error), False))
-    try:
-        from .synth import GEORGE_WASHINGTON
-
-        total = float(weights_table([GEORGE_WASHINGTON], "token-mean").weight.sum())
-        rows.append(("token-mean weights sum to 1", f"{total:.6f}", abs(total - 1) < 1e-9))
-    except Exception as error:  # noqa: BLE001
-        rows.append(("token-mean weights sum to 1", f"{type(error).__name__}: {error}", False))
-    return pd.DataFrame(rows, columns=["check", "result", "ok"])

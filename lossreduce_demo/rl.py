@@ -15,7 +15,7 @@ w = 1/(B L_max)). With 1/n_i a wrong 30-token response spreads its penalty over 
 token is pushed down 10x less than a wrong 3-token one's: long wrong answers survive (DAPO §3.3).
 
 Two design choices keep the toy's own geometry from adding a length bias of its own (measured, see the README):
-the policy's output head is untied from its input embedding (tied, a marker's output row is also the input
+the policy's output head is untied from its input embedding (`GPTConfig(tie_head=False)`) (tied, a marker's output row is also the input
 embedding that must predict its template's continuation, so long and short markers end up with gradients of
 different size), and no marker character occurs in any template's text (else rewarding that text also moves
 the marker's logit).
@@ -31,14 +31,13 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
 from .config import pick
-from .layouts import Batch
-from .model import GPT, IGNORE_INDEX, GPTConfig
+from .layouts import Batch, multiturn_layout
+from .model import GPT, GPTConfig, KVCache
 from .reductions import Scheme, token_weights
-from .tokenizer import ASSISTANT, BOS, EOT, PAD, ROLE_CODES, USER, decode, encode
+from .tokenizer import ASSISTANT, BOS, EOT, PAD, ROLE_CODES, USER, RenderedChat, decode, encode
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -141,7 +140,7 @@ ALGORITHMS = {
 }
 ADVANTAGES = ("grpo", "dr_grpo")
 
-POLICY_CONFIG = GPTConfig(context_len=48, n_layer=2, n_head=4, d_model=64)  # TINY with a short context
+POLICY_CONFIG = GPTConfig(context_len=48, n_layer=2, n_head=4, d_model=64, tie_head=False)  # TINY, short context
 
 
 @dataclass(frozen=True)
@@ -195,6 +194,12 @@ def group_advantages(rewards: torch.Tensor, kind: str = "grpo", eps: float = 1e-
     raise ValueError(f"unknown advantage {kind!r}; choose one of {', '.join(ADVANTAGES)}")
 
 
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """(..., V) logits -> (...) entropy of the next-token distribution, in nats."""
+    logq = F.log_softmax(logits, dim=-1)
+    return -(logq.exp() * logq).sum(-1)
+
+
 def clipped_pg_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantage: torch.Tensor,
                     clip_eps: float = 0.2) -> torch.Tensor:
     """Per-token PPO loss -min(rho A, clip(rho, 1-eps, 1+eps) A), rho = exp(logp - old_logp); unreduced."""
@@ -203,26 +208,11 @@ def clipped_pg_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantage: torch
 
 
 def response_batch(prompt: list[int], responses: list[list[int]]) -> Batch:
-    """Prompt + response rows as a `layouts.Batch`: one sample (and turn) per response, loss on the response."""
-    P, T = len(prompt), len(prompt) + max(len(r) for r in responses)
-    n = len(responses)
-    tokens = torch.full((n, T), PAD, dtype=torch.long)
-    loss_mask = torch.zeros((n, T), dtype=torch.bool)
-    for i, resp in enumerate(responses):
-        tokens[i, :P] = torch.tensor(prompt)
-        tokens[i, P:P + len(resp)] = torch.tensor(resp, dtype=torch.long)
-        loss_mask[i, P:P + len(resp)] = True
-    used = tokens != PAD
-    row = torch.arange(n)[:, None].expand(n, T)
-    role = torch.full((n, T), ROLE_CODES["user"])
-    role[:, 0], role[loss_mask] = ROLE_CODES["bos"], ROLE_CODES["assistant"]
-    role[~used] = ROLE_CODES["pad"]
-    return Batch(
-        tokens=tokens, loss_mask=loss_mask,
-        sample_id=torch.where(used, row, -1), conversation_id=torch.where(used, row, -1),
-        turn_id=torch.where(loss_mask, row, -1), turn_in_conversation=torch.where(loss_mask, 0, -1),
-        role=role, segment_id=torch.where(used, 0, -1), position=torch.arange(T).expand(n, T).clone(),
-        layout="multiturn")
+    """Prompt + response rows as a format-B `layouts.Batch`: one sample (and turn) per response, loss on it."""
+    n = len(prompt)
+    roles = [ROLE_CODES["bos"]] + [ROLE_CODES["user"]] * (n - 1)
+    return multiturn_layout([RenderedChat(prompt + r, roles + [ROLE_CODES["assistant"]] * len(r),
+                                          [-1] * n + [0] * len(r), [0] * n + [1] * len(r)) for r in responses])
 
 
 def rl_token_weights(batch: Batch, scheme: str, l_max: float) -> torch.Tensor:
@@ -273,34 +263,9 @@ def templates_table(task: Task) -> pd.DataFrame:
 # ---------------------------------------------------------------- policy
 
 
-class Policy(GPT):
-    """The toy GPT with an output head untied from the token embedding (same blocks, same forward contract)."""
-
-    def __init__(self, cfg: GPTConfig):
-        super().__init__(cfg)
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        nn.init.normal_(self.head.weight, mean=0.0, std=0.02)
-
-    def forward(self, idx, targets=None, attn_mask=None, positions=None):
-        B, T = idx.shape
-        if T > self.cfg.context_len:
-            raise ValueError(f"sequence length {T} exceeds context_len {self.cfg.context_len}")
-        positions = torch.arange(T) if positions is None else positions
-        if attn_mask is not None:  # as GPT.forward: (B, 1, T, T), a query always sees itself
-            attn_mask = (attn_mask if attn_mask.dim() == 4 else attn_mask.unsqueeze(1)) | torch.eye(T, dtype=torch.bool)
-        x = self.wte(idx) + self.wpe(positions)
-        for block in self.blocks:
-            x = block(x, attn_mask)
-        logits = self.head(self.ln_f(x))  # (B, T, V)
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
-        return logits, loss.view(B, T)
-
-
-def new_policy(seed: int, config: GPTConfig = POLICY_CONFIG) -> Policy:
+def new_policy(seed: int, config: GPTConfig = POLICY_CONFIG) -> GPT:
     torch.manual_seed(seed)
-    return Policy(config)
+    return GPT(config)
 
 
 def warm_start(task: Task, seed: int, steps: int | None = None, batch_size: int = 20, lr: float = 5e-3,
@@ -343,35 +308,16 @@ def template_probs(policy: GPT, task: Task) -> dict[str, float]:
     return {t.name: float(p[encode(t.marker)[0]]) for t in task.templates}
 
 
-def _decode_step(policy: GPT, tokens: torch.Tensor, start: int, cache: list) -> torch.Tensor:
-    """Run `tokens` (n, t) at positions start.. through the policy with a key/value cache (filled in place);
-    return the next-token logits (n, V). Same maths as GPT.forward (tested), O(t) per call instead of O(T)."""
-    n, t = tokens.shape
-    x = policy.wte(tokens) + policy.wpe(torch.arange(start, start + t))  # (n, t, C)
-    for i, block in enumerate(policy.blocks):
-        attn = block.attn
-        C, nh = x.shape[-1], attn.n_head
-        q, k, v = attn.c_attn(block.ln_1(x)).split(C, dim=2)
-        q, k, v = (z.view(n, t, nh, C // nh).transpose(1, 2) for z in (q, k, v))  # (n, nh, t, hs)
-        if cache[i] is not None:
-            k, v = torch.cat([cache[i][0], k], dim=2), torch.cat([cache[i][1], v], dim=2)
-        cache[i] = (k, v)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)  # t > 1 only for the prompt (empty cache)
-        x = x + attn.c_proj(y.transpose(1, 2).reshape(n, t, C))
-        x = x + block.mlp(block.ln_2(x))
-    return policy.head(policy.ln_f(x[:, -1]))  # (n, V)
-
-
 @torch.no_grad()
 def sample_responses(policy: GPT, task: Task, n: int, generator: torch.Generator,
                      temperature: float = 1.0) -> list[list[int]]:
     """n on-policy responses (batched, KV-cached), each up to <|eot|> included or cut at the generation budget."""
     was_training = policy.training
     policy.eval()
-    cache = [None] * len(policy.blocks)
-    prompt = torch.tensor([task.prompt_tokens])
-    logits = _decode_step(policy, prompt, 0, cache).expand(n, -1)  # the prompt is shared: run it once
-    cache = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in cache]
+    cache = KVCache(len(policy.blocks))
+    logits, _ = policy(torch.tensor([task.prompt_tokens]), cache=cache)  # the prompt is shared: run it once
+    logits = logits[:, -1].expand(n, -1)  # (n, V) next-token logits
+    cache.expand(n)
     out = torch.full((n, task.budget), PAD, dtype=torch.long)
     done = torch.zeros(n, dtype=torch.bool)
     for t in range(task.budget):
@@ -381,7 +327,7 @@ def sample_responses(policy: GPT, task: Task, n: int, generator: torch.Generator
         done = done | (nxt == EOT)
         if bool(done.all()) or t == task.budget - 1:
             break
-        logits = _decode_step(policy, nxt[:, None], prompt.shape[1] + t, cache)
+        logits = policy(nxt[:, None], cache=cache)[0][:, -1]  # one new token per row, against the cache
     policy.train(was_training)
     return [[int(x) for x in row if x != PAD] for row in out]
 
@@ -405,6 +351,16 @@ def _ratio(probs: dict, num: str | None, den: str | None) -> float:
 # ---------------------------------------------------------------- training
 
 
+def rl_loss(logp: torch.Tensor, old_logp: torch.Tensor, batch: Batch, rewards: torch.Tensor, cfg: RLConfig,
+            budget: int) -> torch.Tensor:
+    """The RL loss of one batch of groups: advantages -> per-token policy-gradient loss -> the weight map.
+    logp, old_logp: (B, T-1) log-probabilities of each next token now and when sampled; rewards: (B,), by group."""
+    adv = group_advantages(rewards.view(-1, cfg.group_size), cfg.advantage).flatten()  # (B,)
+    per_token = clipped_pg_loss(logp, old_logp, adv[:, None], cfg.clip_eps)  # (B, T-1)
+    w = rl_token_weights(batch, cfg.scheme, budget)[:, 1:]  # (B, T-1): GRPO, DAPO or Dr. GRPO, 0 off responses
+    return (w * per_token).sum()
+
+
 def rl_step(policy: GPT, opt: torch.optim.Optimizer, task: Task, cfg: RLConfig,
             generator: torch.Generator) -> dict:
     """One on-policy step: sample, score, advantages, weighted clipped PG loss, update. Returns metrics."""
@@ -412,26 +368,18 @@ def rl_step(policy: GPT, opt: torch.optim.Optimizer, task: Task, cfg: RLConfig,
     responses = sample_responses(policy, task, n, generator, cfg.temperature)
     names = [classify(task, r) for r in responses]
     rewards = torch.tensor([reward_of(task, k) for k in names], dtype=torch.float32)
-    adv = group_advantages(rewards.view(cfg.groups, cfg.group_size), cfg.advantage).flatten()
     batch = response_batch(task.prompt_tokens, responses)
-    weights = rl_token_weights(batch, cfg.scheme, task.budget)[:, 1:]  # (B, T-1): weight of predicting token t+1
-    targets = batch.model_inputs()["targets"]
-    mask = targets != -100
-    adv_tok = adv[:, None].expand_as(targets)
     old_logp = None
-    for _ in range(cfg.updates_per_batch):
+    for _ in range(cfg.updates_per_batch):  # > 1: PPO-style re-use of the batch, ratios clipped
         logits, ce = policy(**batch.model_inputs())
-        logp = -ce  # (B, T-1) log pi(token); 0 off the mask
-        if old_logp is None:
-            old_logp = logp.detach()
-            with torch.no_grad():
-                logq = F.log_softmax(logits, dim=-1)
-                entropy = -(logq.exp() * logq).sum(-1)  # (B, T-1) per-token entropy of pi
-        loss = (weights * clipped_pg_loss(logp, old_logp, adv_tok, cfg.clip_eps) * mask).sum()
+        logp = -ce  # (B, T-1) log pi of each next token; 0 off the responses
+        if old_logp is None:  # the policy that sampled the batch
+            old_logp, entropy = logp.detach(), token_entropy(logits.detach())
+        loss = rl_loss(logp, old_logp, batch, rewards, cfg, task.budget)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-
+    mask = batch.loss_mask[:, 1:]
     lengths = torch.tensor([len(r) for r in responses], dtype=torch.float32)
     right = torch.tensor([k in {t.name for t in task.templates if t.correct} for k in names])
     wrong_tok = mask & ~right[:, None]
@@ -504,47 +452,3 @@ def wide_metrics(table: pd.DataFrame) -> pd.DataFrame:
     wide = table.set_index(keys + ["step", "metric"])["value"].unstack("metric").reset_index()
     wide.columns.name = None
     return wide
-
-
-def training_app(task: Task = E6_TASK, algorithms=("GRPO", "DAPO", "Dr. GRPO"), seed: int = 0,
-                 steps: int | None = None, redraw_every: int = 5):
-    """A "Train" button and a live plot: clicking warm-starts (once) and trains each recipe, redrawing the
-    length-bias ratio every `redraw_every` steps. Nothing trains until the click. Returns the widget."""
-    import ipywidgets as widgets
-
-    from .plots import rl as rl_plots
-
-    button = widgets.Button(description="Train", icon="play", button_style="primary")
-    status = widgets.Label("click Train: warm start, then one run per recipe")
-    out = widgets.Output()
-    cache: dict = {}
-
-    def redraw(rows: list[dict]) -> None:
-        out.clear_output(wait=True)
-        with out:
-            rl_plots.show(rl_plots.ratio_curves(pd.DataFrame(rows)))
-
-    def on_click(_):
-        button.disabled = True
-        try:
-            if "start" not in cache:
-                status.value = "warm start (SFT on the templates)…"
-                cache["start"] = warm_start(task, seed)
-            rows: list[dict] = []
-            for name in algorithms:
-                cfg = algorithm_config(name, **({"steps": steps} if steps else {}))
-                status.value = f"training {name} ({cfg.scheme}, {cfg.advantage} advantage)…"
-
-                def on_step(step, row, _policy, name=name, cfg=cfg):
-                    rows.append(dict(algorithm=name, scheme=cfg.scheme, seed=seed, **row))
-                    if step % redraw_every == 0:
-                        redraw(rows)
-
-                train_policy(task, cfg, seed, cache["start"], callback=on_step, progress=False)
-            redraw(rows)
-            status.value = "done: click again to re-run from the same warm start"
-        finally:
-            button.disabled = False
-
-    button.on_click(on_click)
-    return widgets.VBox([widgets.HBox([button, status]), out])

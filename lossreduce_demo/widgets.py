@@ -1,9 +1,10 @@
-"""Interactive explorers (ipywidgets 8) for the notebooks and the Voilà dashboard.
+"""Every interactive app of the suite (ipywidgets 8): the analytic explorers, the dashboard, the training buttons.
 
 Every app is a class with
     .widget    the container to display,
     named controls (app.scheme, app.long_fraction, ...), each an ipywidgets control,
-    .update()  recompute and redraw (called by every control change; returns .state),
+    .update()  recompute and redraw (called by every control change, or by the Train button of the training
+               apps, which train nothing before the click; returns .state),
     .state     the numbers of the last update (dicts / DataFrames), with "message" ("" when all is well),
     .figures   the matplotlib Figures of the last update (made with plots.new_figure, never pyplot);
                app.draw_figures = False skips them (state only, e.g. for tests and benchmarks).
@@ -25,8 +26,9 @@ import numpy as np
 import pandas as pd
 
 from . import plots
+from .config import pick
 from .layouts import LAYOUTS, Batch, layout_waste, make_layout
-from .reductions import SCHEMES, Scheme, effective_weights, token_weights
+from .reductions import SCHEMES, Plan, Scheme, effective_weights, token_weights
 from .report import bucket_shares, length_profile
 from .synth import FAMILIES, LengthSpec, make_chats
 from .tokenizer import render
@@ -91,7 +93,7 @@ class _App(abc.ABC):
 
     controls: list
 
-    def __init__(self, rows: list[list]):
+    def __init__(self, rows: list[list], button: W.Button | None = None):
         self.message = W.HTML()
         self.output = W.Output()
         self.state: dict = {}
@@ -99,8 +101,13 @@ class _App(abc.ABC):
         self._paused = False
         self.draw_figures = True
         self.controls = [c for row in rows for c in row]
-        for control in self.controls:
-            control.observe(self._changed, names="value")
+        self.button = button
+        if button is None:  # an explorer: every change recomputes (cheap, analytic)
+            for control in self.controls:
+                control.observe(self._changed, names="value")
+        else:  # a training app: only the button does
+            button.on_click(lambda _: self.update())
+            rows = rows + [[button]]
         self.widget = W.VBox([W.HBox(row, layout=W.Layout(flex_flow="row wrap")) for row in rows]
                              + [self.message, self.output])
 
@@ -130,6 +137,8 @@ class _App(abc.ABC):
 
     def update(self) -> dict:
         notes: list[str] = []
+        if self.button is not None:
+            self.button.disabled = True
         try:
             state, make_figures = self._compute(notes)
         except ValueError as error:  # ChatFormatError is a ValueError: bad settings, reported in the app
@@ -137,13 +146,17 @@ class _App(abc.ABC):
             self.message.value = f"<b style='color:#D55E00'>⚠ Invalid setting:</b> {_escape(error)}"
             self._draw()
             return self.state
+        finally:
+            if self.button is not None:
+                self.button.disabled = False
         state["message"] = " ".join(notes)
         self.state, self.figures = state, (make_figures() if self.draw_figures else {})
         self.message.value = "".join(f"<div style='color:#555'>ℹ {_escape(n)}</div>" for n in notes)
         self._draw()
         return self.state
 
-    def _draw(self) -> None:
+    def _draw(self, figures: dict | None = None) -> None:
+        """Show `figures` (default: the last update's) in the app's Output."""
         from IPython import get_ipython
         from IPython.display import clear_output, display
 
@@ -151,8 +164,12 @@ class _App(abc.ABC):
             return
         with self.output:
             clear_output(wait=True)
-            for fig in self.figures.values():
+            for fig in (self.figures if figures is None else figures).values():
                 display(fig)
+
+    def _progress(self, text: str) -> None:
+        """A status line while a training app works."""
+        self.message.value = f"<div style='color:#555'>⏳ {_escape(text)}</div>"
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -311,7 +328,7 @@ class AccumulationExplorer(_App):
         if R * K > rows:
             notes.append(f"R·K = {R * K} > {rows} rows: some micro-batches are empty (they add nothing).")
         ideal = token_weights(batch, scheme)
-        effective, rank, step = effective_weights(batch, scheme, ranks=R, micro_batches=K, normalization=norm)
+        effective, rank, step = effective_weights(batch, scheme, Plan(R, K, norm))
         error = max_relative_error(effective, ideal, batch.loss_mask)
         eff, ref = length_profile(batch, effective), length_profile(batch, ideal)
         per_sample = pd.DataFrame({"sample": ref["sample"], "length": ref.length, "ideal": ref.weight_per_token,
@@ -509,3 +526,76 @@ def _completions(masked: tuple) -> Batch:
     from .layouts import completion_batch
 
     return completion_batch(COMPLETION_LENGTHS, masked=masked)
+
+
+# ---------------------------------------------------------------- training behind a button (04, 05)
+
+
+def _train_button(tooltip: str) -> W.Button:
+    return W.Button(description="Train", icon="play", button_style="primary", tooltip=tooltip)
+
+
+class TrainingApp(_App):
+    """Notebook 04: schemes, long fraction and steps; Train trains one tiny GPT per chosen scheme on the E1 branch
+    chats (`training_app.train_branch`) and shows P("L") against its prediction and the loss by reply length."""
+
+    def __init__(self, runs=None, long_fraction: float = 0.2, steps: int | None = None, seed: int = 0):
+        from . import training_app
+
+        self.seed = seed
+        self.runs = W.SelectMultiple(options=list(training_app.RUNS), value=tuple(runs or training_app.DEFAULT_RUNS),
+                                     rows=len(training_app.RUNS), description="schemes", style=_STYLE,
+                                     layout=W.Layout(width="420px"))
+        self.long_fraction = _slider(W.FloatSlider, long_fraction, 0.05, 0.5, 0.05, "long fraction")
+        self.steps = _slider(W.IntSlider, steps or pick(100, 24), 4, 400, 4, "optimizer steps")
+        super().__init__([[self.runs, W.VBox([self.long_fraction, self.steps])]],
+                         _train_button("train one tiny GPT per chosen scheme on the branch chats"))
+        self.message.value = "Nothing trains until you click Train."
+
+    def _compute(self, notes):
+        from . import training_app
+
+        chosen, steps = list(self.runs.value), self.steps.value
+        self._progress(f"training {len(chosen)} models for {steps} steps…")
+        run = training_app.train_branch(chosen, long_fraction=self.long_fraction.value, steps=steps, seed=self.seed)
+        notes.append(f"trained in {run.seconds:.1f} s: click again after changing a setting")
+        state = {"table": run.table, "seconds": run.seconds, "long_fraction": run.long_fraction}
+        return state, lambda: training_app.figures(run)
+
+
+class RLTrainingApp(_App):
+    """Notebook 05: Train warm-starts the policy (once) and trains each recipe from it, redrawing the
+    length-bias ratio every `redraw_every` steps."""
+
+    def __init__(self, task=None, algorithms=("GRPO", "DAPO", "Dr. GRPO"), seed: int = 0, steps: int | None = None,
+                 redraw_every: int = 5):
+        from . import rl
+
+        self.task, self.algorithms, self.seed, self.steps = task or rl.E6_TASK, tuple(algorithms), seed, steps
+        self.redraw_every = redraw_every
+        self._start = None  # the warm-started policy, made on the first click
+        super().__init__([], _train_button("warm start, then one run per recipe"))
+        self.message.value = "Click Train: warm start, then one run per recipe."
+
+    def _compute(self, notes):
+        from . import rl
+        from .plots import rl as rl_plots
+
+        if self._start is None:
+            self._progress("warm start (SFT on the templates)…")
+            self._start = rl.warm_start(self.task, self.seed)
+        rows: list[dict] = []
+        for name in self.algorithms:
+            cfg = rl.algorithm_config(name, **({"steps": self.steps} if self.steps else {}))
+            self._progress(f"training {name} ({cfg.scheme}, {cfg.advantage} advantage)…")
+
+            def on_step(step, row, _policy, name=name, cfg=cfg):
+                rows.append(dict(algorithm=name, scheme=cfg.scheme, seed=self.seed, **row))
+                if step % self.redraw_every == 0 and self.draw_figures:
+                    self._draw({"ratio": rl_plots.ratio_curves(pd.DataFrame(rows))})
+
+            rl.train_policy(self.task, cfg, self.seed, self._start, callback=on_step, progress=False)
+        notes.append("done: click again to re-run from the same warm start")
+        curves = pd.DataFrame(rows)
+        return {"curves": curves}, lambda: {"ratio": rl_plots.ratio_curves(curves)}
+

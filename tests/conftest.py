@@ -6,7 +6,7 @@ matplotlib.use("Agg")  # in this process only: kernels started by notebook tests
 
 from hypothesis import settings  # noqa: E402
 
-from lossreduce_demo.model import set_torch_threads  # noqa: E402
+from lossreduce_demo.config import set_torch_threads  # noqa: E402
 
 set_torch_threads()
 

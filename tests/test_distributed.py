@@ -85,7 +85,8 @@ def test_global_equals_single_process_for_every_scheme(errors):
 def test_local_follows_the_weight_algebra_on_skewed_data(errors):
     """Naive per-rank means: token-mean is off by far more than rounding; every scheme is off exactly as the
     core's weight maps predict (same weights -> equal, constant scale s -> |s - 1|, else visibly)."""
-    from lossreduce_demo.distributed import global_batch, local_vs_global
+    from lossreduce_demo.distributed import global_batch
+    from lossreduce_demo.reductions import Plan, local_vs_global
 
     diffs = _values(errors, "max_rel_grad_diff", "skewed", "local")
     assert diffs["token-mean"] > 1e-3
@@ -93,7 +94,7 @@ def test_local_follows_the_weight_algebra_on_skewed_data(errors):
     tokens = batch.loss_mask.sum(1)
     assert tokens[:8].sum() < tokens[8:].sum()  # rank 0 short, rank 1 long
     for scheme, value in diffs.items():
-        relation, scale = local_vs_global(batch, scheme, RANKS, K)
+        relation, scale = local_vs_global(batch, scheme, Plan(RANKS, K))
         if relation == "exact":
             assert value <= 1e-6, scheme
         elif relation == "scale":

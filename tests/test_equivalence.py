@@ -16,10 +16,10 @@ from lossreduce_demo.layouts import make_layout, token_losses
 from lossreduce_demo.model import GPT, GPTConfig
 from lossreduce_demo.reductions import (
     SCHEMES,
+    Plan,
     Scheme,
     as_scheme,
     batch_stats,
-    micro_batch_plan,
     micro_batch_weights,
     resolve_l_max,
     token_weights,
@@ -66,15 +66,15 @@ def accumulated_gradient(model, batch, scheme, ranks, micro_batches, normalizati
     """What R ranks × K accumulation steps produce after DDP's all-reduce (mean over ranks)."""
     scheme = with_length_ref(batch, resolve_l_max(batch, as_scheme(scheme)))  # constants fixed before micro-batching
     global_stats = batch_stats(batch, scheme)  # the all-reduced counts of the whole step
-    plan = micro_batch_plan(batch.tokens.shape[0], ranks, micro_batches)
+    plan = Plan(ranks, micro_batches, normalization)
     per_rank = []
     for r in range(ranks):
         model.zero_grad(set_to_none=True)
-        for mb in plan:
+        for mb in plan.deal(batch.tokens.shape[0]):
             if mb.rank != r or not mb.rows:
                 continue
             micro = batch.select(list(mb.rows))
-            w = micro_batch_weights(micro, scheme, normalization, global_stats, ranks, micro_batches)
+            w = micro_batch_weights(micro, scheme, plan, global_stats)
             (w * token_losses(model, micro)).sum().backward()  # .grad adds up over the K steps
         per_rank.append(flat_grad(model))
     return torch.stack(per_rank).mean(0)  # DDP: average over ranks

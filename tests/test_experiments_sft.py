@@ -13,13 +13,18 @@ def fast(monkeypatch):
 
 
 def test_predictions_match_science_md():
-    assert sft.p_long_closed_form(0.2, 1 / 60, 1 / 5) == pytest.approx(0.0204, abs=5e-5)
-    naive = [sft.p_long_token_mean(0.2, b) for b in (1, 2, 4, 8, 16)]
+    seq_mean = (0.2 / 60) / (0.2 / 60 + 0.8 / 5)  # constant denominators: the closed form
+    assert sft.predicted_p_long("seq-mean-token-mean", 0.2, 16) == pytest.approx(seq_mean, rel=1e-12)
+    assert sft.predicted_p_long("token-sum", 0.2, 16) == pytest.approx(0.2, rel=1e-12)
+    naive = [sft.predicted_p_long("token-mean", 0.2, b) for b in (1, 2, 4, 8, 16)]
     assert naive == pytest.approx([0.0204, 0.0404, 0.0758, 0.1233, 0.1618], abs=5e-4)
-    assert sft.p_long_token_mean(0.2, 1024) == pytest.approx(0.2, abs=2e-3)  # large batch -> f
+    assert sft.predicted_p_long("token-mean", 0.2, 1024) == pytest.approx(0.2, abs=2e-3)  # large batch -> f
+    # length-power α=½ sits between seq-mean (α=0) and token-mean (α=1)
+    assert seq_mean < sft.predicted_p_long(sft.Scheme("length-power", alpha=0.5), 0.2, 16) < naive[-1]
     e4 = sft.e4_predictions(0.2)
     assert e4[("B", "seq-mean-token-mean")] == pytest.approx(0.0508, abs=5e-4)
-    assert e4[("A", "seq-mean-token-mean")] == e4[("B", "turn-mean")] == pytest.approx(0.0204, abs=5e-5)
+    assert e4[("A", "seq-mean-token-mean")] == pytest.approx(seq_mean, rel=1e-12)  # per-turn means: the closed form
+    assert e4[("B", "turn-mean")] == pytest.approx(seq_mean, rel=1e-12)
     assert 0.17 < e4[("A", "token-mean")] < 0.2 and 0.17 < e4[("B", "token-mean")] < 0.2
 
 

@@ -25,7 +25,7 @@ from lossreduce_demo import frameworks, reductions
 from lossreduce_demo.frameworks import FRAMEWORKS, effective_weights, placed_weights, recipe, weight_formula
 from lossreduce_demo.layouts import IGNORE_INDEX, completion_batch, make_layout
 from lossreduce_demo.real_trainer import causal_lm_labels, trainer_vs_preset
-from lossreduce_demo.reductions import micro_batch_plan
+from lossreduce_demo.reductions import Plan
 from lossreduce_demo.synth import make_chats
 
 try:
@@ -107,7 +107,7 @@ def test_every_preset_gives_finite_non_negative_weights_only_on_loss_tokens(name
     w, rank, step = placed_weights(batch, name, ranks=R, micro_batches=K, **options)
     assert torch.isfinite(w).all() and (w >= 0).all()
     assert (w[~batch.loss_mask] == 0).all() and (w[batch.loss_mask] > 0).all()
-    for mb in micro_batch_plan(batch.shape[0], R, K):
+    for mb in Plan(R, K).deal(batch.shape[0]):
         assert all((rank[r] == mb.rank).all() and (step[r] == mb.step).all() for r in mb.rows)
 
 
@@ -132,7 +132,7 @@ def transformers_gradient(batch, logits, ranks, micro_batches, num_items_in_batc
     from transformers.loss.loss_utils import ForCausalLMLoss
 
     labels = causal_lm_labels(batch)
-    plan = [mb for mb in micro_batch_plan(batch.shape[0], ranks, micro_batches)]
+    plan = [mb for mb in Plan(ranks, micro_batches).deal(batch.shape[0])]
     window = {r: [{"labels": labels[list(mb.rows)]} for mb in plan if mb.rank == r] for r in range(ranks)}
     local_counts = [sum((s["labels"][..., 1:] != IGNORE_INDEX).sum() for s in window[r]) for r in range(ranks)]
     total = 0.0
@@ -252,7 +252,7 @@ def trl_weights(batch, loss_type, ranks, micro_batches, steps_per_generation, ma
     from trl import GRPOTrainer
 
     S = steps_per_generation
-    plan = micro_batch_plan(batch.shape[0], ranks, max(S, micro_batches))
+    plan = Plan(ranks, max(S, micro_batches)).deal(batch.shape[0])
     mask = batch.loss_mask.long()
     weights = torch.zeros(batch.shape, dtype=torch.float64)
     for mb in (mb for mb in plan if mb.rows):
@@ -321,7 +321,7 @@ def verl_objective(losses, batch, ranks, micro_batches, mode, loss_scale_factor=
     mask = batch.loss_mask.to(losses.dtype)
     batch_num_tokens, global_batch_size = mask.sum(), batch.shape[0]
     total = 0.0
-    for mb in (mb for mb in micro_batch_plan(batch.shape[0], ranks, micro_batches) if mb.rows):
+    for mb in (mb for mb in Plan(ranks, micro_batches).deal(batch.shape[0]) if mb.rows):
         loss_mat, loss_mask = losses[list(mb.rows)], mask[list(mb.rows)]
         seq_sum, seq_len = (loss_mat * loss_mask).sum(-1), loss_mask.sum(-1)
         has_tokens = (seq_len > 0).to(losses.dtype)
@@ -356,7 +356,7 @@ def test_verl_agg_loss_engine_path_source_formula_equals_the_preset(ranks, micro
     if mode.startswith("seq-mean"):  # negative control: B without the masked row (1 of 12) is another map
         scheme = replace(recipe("verl", loss_agg_mode=mode, loss_scale_factor=loss_scale_factor).scheme,
                          count_empty=False)
-        not_counted, _, _ = reductions.effective_weights(batch, scheme, ranks=ranks, micro_batches=micro_batches)
+        not_counted, _, _ = reductions.effective_weights(batch, scheme, Plan(ranks, micro_batches))
         assert rel_diff(not_counted, real) > 1e-2
 
 
@@ -364,7 +364,7 @@ def per_micro_batch_objective(losses, batch, ranks, micro_batches, micro_loss):
     """Sum over micro-batches of micro_loss(losses, mask, tokens_in_step), DDP's mean over ranks."""
     mask = batch.loss_mask.to(losses.dtype)
     total = 0.0
-    for mb in (mb for mb in micro_batch_plan(batch.shape[0], ranks, micro_batches) if mb.rows):
+    for mb in (mb for mb in Plan(ranks, micro_batches).deal(batch.shape[0]) if mb.rows):
         total = total + micro_loss(losses[list(mb.rows)], mask[list(mb.rows)], mask.sum()) / ranks
     return total
 

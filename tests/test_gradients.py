@@ -9,7 +9,7 @@ from lossreduce_demo import gradients as G
 from lossreduce_demo import synth
 from lossreduce_demo.layouts import make_layout, token_losses
 from lossreduce_demo.model import GPT, GPTConfig
-from lossreduce_demo.reductions import effective_weights
+from lossreduce_demo.reductions import Plan, effective_weights
 
 SMALL = GPTConfig(n_layer=1, d_model=32, n_head=2)
 CHATS = synth.make_chats(5, seed=21, turns=(1, 3), max_tokens=90)
@@ -48,9 +48,10 @@ def test_scheme_gradient_from_turns_equals_backward(scheme, normalization, micro
     m = model()
     batch = make_layout(CHATS, "multiturn")
     tg = G.turn_gradients(m, batch)
-    w, _, _ = effective_weights(batch, scheme, micro_batches=micro_batches, normalization=normalization)
+    plan = Plan(micro_batches=micro_batches, normalization=normalization)
+    w, _, _ = effective_weights(batch, scheme, plan)
     ref = loop_gradient(m, batch, w.float())
-    got = G.scheme_gradient(tg, scheme, micro_batches=micro_batches, normalization=normalization)
+    got = G.scheme_gradient(tg, scheme, plan)
     assert float((got - ref).norm() / ref.norm()) <= 1e-5
 
 

@@ -21,7 +21,7 @@ from lossreduce_demo.chats import Conversation, Message, load_chats
 from lossreduce_demo.cli import main
 from lossreduce_demo.exercises import nb06
 from lossreduce_demo.hf_tokenizer import CHATML_TEMPLATE, TokenizerError, load_tokenizer, shipped_tokenizer
-from lossreduce_demo.reductions import SCHEMES, effective_weights, token_weights
+from lossreduce_demo.reductions import SCHEMES, Plan, effective_weights, token_weights
 from lossreduce_demo.tokenizer import template_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,9 +136,9 @@ def test_global_normalisation_over_ranks_and_micro_batches_is_the_full_batch(tok
     assert int(batch.tokens.max()) < tok.vocab_size and int(batch.loss_mask.sum()) > 0
     for scheme in SCHEMES:
         full = token_weights(batch, scheme)
-        dealt, _, _ = effective_weights(batch, scheme, ranks=2, micro_batches=3, normalization="global")
+        dealt, _, _ = effective_weights(batch, scheme, Plan(ranks=2, micro_batches=3, normalization="global"))
         torch.testing.assert_close(dealt, full, rtol=1e-12, atol=1e-15)
-    naive, _, _ = effective_weights(batch, "token-mean", ranks=2, micro_batches=3, normalization="local")
+    naive, _, _ = effective_weights(batch, "token-mean", Plan(ranks=2, micro_batches=3, normalization="local"))
     assert (naive - token_weights(batch, "token-mean")).abs().max() > 1e-4  # negative control
 
 
@@ -280,7 +280,7 @@ def test_cli_end_to_end_with_the_shipped_tokenizer(tmp_path):
                           env={"HF_HUB_OFFLINE": "1", "LOSSREDUCE_THREADS": "1", "PATH": ""})
     assert done.returncode == 0, done.stderr
     tok = shipped_tokenizer()
-    expected = report.weights_table(CHATS, "token-mean", layout="split", ranks=2, micro_batches=2, tokenizer=tok)
+    expected = report.weights_table(CHATS, "token-mean", Plan(2, 2), layout="split", tokenizer=tok)
     assert f"loss tokens ({SHIPPED_DIR})" in done.stdout
     table = pd.read_csv(csv, keep_default_na=False)
     pd.testing.assert_frame_equal(table, expected, check_dtype=False, rtol=1e-12)

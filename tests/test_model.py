@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, stack_module_state, vmap
 
+from lossreduce_demo.config import default_device, set_torch_threads
 from lossreduce_demo.model import (
     GPT,
     IGNORE_INDEX,
     TINY,
     GPTConfig,
-    default_device,
+    KVCache,
     num_params,
-    set_torch_threads,
 )
 
 SMALL = GPTConfig(vocab_size=40, context_len=16, n_layer=2, n_head=2, d_model=16)
@@ -73,6 +73,41 @@ def test_weight_tying_and_num_params():
     V, C, L, Tm = SMALL.vocab_size, SMALL.d_model, SMALL.n_layer, SMALL.context_len
     per_block = 2 * (2 * C) + (3 * C * C + 3 * C) + (C * C + C) + (4 * C * C + 4 * C) + (4 * C * C + C)
     assert num_params(m) == V * C + Tm * C + L * per_block + 2 * C
+
+
+def test_untied_head_adds_one_matrix_and_keeps_the_other_weights():
+    untied_cfg = GPTConfig(**{**vars(SMALL), "tie_head": False})
+    tied, untied = make_model(), make_model(untied_cfg)
+    assert num_params(untied) == num_params(tied) + SMALL.vocab_size * SMALL.d_model
+    for (name, p), (name2, q) in zip(tied.named_parameters(), untied.named_parameters()):
+        assert name == name2 and torch.equal(p, q)  # same init: the head is created last
+    idx, tgt = rand_batch(2, 5, SMALL.vocab_size)
+    untied(idx, tgt)[1].sum().backward()
+    unused = next(iter(set(range(SMALL.vocab_size)) - set(idx.flatten().tolist())))
+    assert untied.wte.weight.grad[unused].abs().sum() == 0  # the output no longer reaches the embedding
+    assert untied.lm_head.weight.grad[unused].abs().sum() > 0
+
+
+@pytest.mark.parametrize("tie_head", [True, False])
+def test_kv_cache_decoding_equals_the_full_forward(tie_head):
+    """The prompt into an empty cache, then one token per call: the same logits as one forward on everything."""
+    model = make_model(GPTConfig(**{**vars(SMALL), "tie_head": tie_head}), dtype=torch.float64)
+    idx, _ = rand_batch(3, 12, SMALL.vocab_size)
+    full, _ = model(idx)
+    cache = KVCache(SMALL.n_layer)
+    steps = [model(idx[:, :5], cache=cache)[0]]
+    for t in range(5, 12):
+        assert cache.length == t
+        steps.append(model(idx[:, t:t + 1], cache=cache)[0])
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="one token per call"):
+        model(idx[:, :2], cache=cache)
+    shared = KVCache(SMALL.n_layer)
+    model(idx[:1, :5], cache=shared)
+    shared.expand(3)  # one prompt, three continuations
+    torch.testing.assert_close(model(idx[:, 5:6], cache=shared)[0][:, 0],
+                               model(torch.cat([idx[:1, :5].expand(3, 5), idx[:, 5:6]], 1))[0][:, -1],
+                               rtol=0, atol=1e-12)
 
 
 def test_init_is_nanogpt_style():

@@ -181,7 +181,7 @@ def _run(python, *args, cwd):
 
 def test_an_installed_package_reads_its_data_and_never_writes_into_site_packages(installed, tmp_path):
     _, python, package = installed
-    probe = _run(python, "-c", "import lossreduce_demo.report as r; print(r.data_path()); "
+    probe = _run(python, "-c", "import lossreduce_demo.notebook as r; print(r.data_path()); "
                  "assert r.check_environment().ok.all()", cwd=tmp_path)
     assert probe.returncode == 0, probe.stderr
     assert Path(probe.stdout.strip()) == package / "data"  # the installed copy, not the repository's

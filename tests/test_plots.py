@@ -25,9 +25,10 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from lossreduce_demo import plots, report, rl, synth
 from lossreduce_demo.layouts import LAYOUTS, make_layout, multiturn_layout
+from lossreduce_demo.notebook import data_path
 from lossreduce_demo.plots import beyond as beyond_plots
 from lossreduce_demo.plots import rl as rl_plots
-from lossreduce_demo.reductions import SCHEMES, Scheme, effective_weights, token_weights
+from lossreduce_demo.reductions import LENGTH_BUCKETS, SCHEMES, Plan, Scheme, effective_weights, token_weights
 
 CONVS = synth.make_chats(6, turns=(1, 3), seed=3)
 BATCH = multiturn_layout(CONVS)
@@ -35,7 +36,7 @@ WEIGHTS = {s: token_weights(BATCH, s) for s in SCHEMES}
 
 
 def _eff():
-    w, rank, step = effective_weights(BATCH, "token-mean", ranks=2, micro_batches=2, normalization="local")
+    w, rank, step = effective_weights(BATCH, "token-mean", Plan(2, 2, "local"))
     return plots.effective_vs_ideal(BATCH, w, WEIGHTS["token-mean"], rank=rank, step=step)
 
 
@@ -324,7 +325,7 @@ def test_profiles_add_up(convs, alpha, scheme):
     rel = plots.relative_weights(batch, weights)
     assert np.isfinite(rel[batch.loss_mask.numpy()]).all()
     buckets = report.bucket_shares(profile)
-    assert len(buckets) == len(report.LENGTH_BUCKETS) - 1
+    assert len(buckets) == len(LENGTH_BUCKETS) - 1
     assert np.isclose(buckets.share.sum(), 1.0) and np.isclose(buckets.token_share.sum(), 1.0)
     assert buckets.units.sum() == len(profile)
 
@@ -347,6 +348,6 @@ def test_length_profile_rejects_unknown_unit():
 
 
 def test_data_path_names_the_shipped_files_when_missing():
-    assert report.data_path("george_washington.jsonl").exists()
+    assert data_path("george_washington.jsonl").exists()
     with pytest.raises(FileNotFoundError, match="default_chats.jsonl"):
-        report.data_path("nope.jsonl")
+        data_path("nope.jsonl")

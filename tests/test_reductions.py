@@ -19,11 +19,11 @@ from lossreduce_demo.layouts import Batch
 from lossreduce_demo.reductions import (
     SCHEMES,
     BatchStats,
+    Plan,
     Scheme,
     as_scheme,
     batch_stats,
     effective_weights,
-    micro_batch_plan,
     resolve_l_max,
     token_weights,
     with_length_ref,
@@ -253,7 +253,7 @@ def test_samples_without_loss_tokens_weigh_zero_and_do_not_count(samples, scheme
 def test_a_batch_without_loss_tokens_gets_all_zero_weights(shape, scheme, R, K, normalization):
     batch = make_batch([[0] * t for t in shape])
     assert (token_weights(batch, scheme) == 0).all()
-    w, rank, step = effective_weights(batch, scheme, ranks=R, micro_batches=K, normalization=normalization)
+    w, rank, step = effective_weights(batch, scheme, Plan(R, K, normalization))
     assert not torch.isnan(w).any() and (w == 0).all()
 
 
@@ -263,7 +263,7 @@ def test_a_batch_without_loss_tokens_gets_all_zero_weights(shape, scheme, R, K, 
 def micro_batch_counts(samples, R, K, what: str) -> list[int]:
     """Per micro-batch count of loss tokens / samples with loss / turns with loss, from the turn lengths."""
     counts = []
-    for mb in micro_batch_plan(len(samples), R, K):
+    for mb in Plan(R, K).deal(len(samples)):
         rows = [samples[i] for i in mb.rows]
         counts.append({
             "tokens": n_loss(rows),
@@ -277,20 +277,20 @@ def micro_batch_counts(samples, R, K, what: str) -> list[int]:
 @given(samples=sample_lists, scheme=schemes, R=ranks, K=micro)
 def test_global_normalization_is_invariant_to_ranks_and_micro_batches(samples, scheme, R, K):
     batch = make_batch(samples)
-    w, rank, step = effective_weights(batch, scheme, ranks=R, micro_batches=K, normalization="global")
+    w, rank, step = effective_weights(batch, scheme, Plan(R, K, "global"))
     w1, _, _ = effective_weights(batch, scheme)
     torch.testing.assert_close(w, w1, rtol=0, atol=1e-12)
     torch.testing.assert_close(w1, token_weights(batch, scheme), rtol=0, atol=1e-12)
     # every row went to exactly one (rank, step) of the plan
-    for mb in micro_batch_plan(len(samples), R, K):
+    for mb in Plan(R, K).deal(len(samples)):
         for r in mb.rows:
             assert (rank[r] == mb.rank).all() and (step[r] == mb.step).all()
 
 
 @PROPERTY
 @given(n_rows=st.integers(0, 40), R=st.integers(1, 6), K=st.integers(1, 6))
-def test_micro_batch_plan_deals_every_row_once_in_order_and_balanced(n_rows, R, K):
-    plan = micro_batch_plan(n_rows, R, K)
+def test_plan_deals_every_row_once_in_order_and_balanced(n_rows, R, K):
+    plan = Plan(R, K).deal(n_rows)
     assert len(plan) == R * K
     assert [i for mb in plan for i in mb.rows] == list(range(n_rows))  # contiguous, in order, each row once
     per_rank = [sum(len(mb.rows) for mb in plan if mb.rank == r) for r in range(R)]
@@ -299,7 +299,7 @@ def test_micro_batch_plan_deals_every_row_once_in_order_and_balanced(n_rows, R, 
         sizes = [len(mb.rows) for mb in plan if mb.rank == r]
         assert max(sizes) - min(sizes) <= 1
     with pytest.raises(ValueError, match="ranks"):
-        micro_batch_plan(n_rows, 0, K)
+        Plan(0, K)
 
 
 @PROPERTY
@@ -309,7 +309,7 @@ def test_batch_stats_are_additive_over_micro_batches(samples, scheme, R, K):
     batch = make_batch(samples)
     scheme = with_length_ref(batch, as_scheme(scheme))  # length-power's reference fixed on the whole batch first
     total = BatchStats(0.0, 0.0, 0.0, 0.0)
-    for mb in micro_batch_plan(len(samples), R, K):
+    for mb in Plan(R, K).deal(len(samples)):
         if mb.rows:
             total = total + batch_stats(batch.select(list(mb.rows)), scheme)
     np.testing.assert_allclose(total.as_tuple(), batch_stats(batch, scheme).as_tuple(), rtol=1e-12)
@@ -325,8 +325,8 @@ def test_local_normalization_is_right_exactly_when_every_micro_batch_has_the_sam
     or turn count) is the same in every micro-batch; otherwise some tokens get the wrong weight."""
     name, counted = case
     batch = make_batch(samples)
-    local, _, _ = effective_weights(batch, name, ranks=R, micro_batches=K, normalization="local")
-    right, _, _ = effective_weights(batch, name, ranks=R, micro_batches=K, normalization="global")
+    local, _, _ = effective_weights(batch, name, Plan(R, K, "local"))
+    right, _, _ = effective_weights(batch, name, Plan(R, K, "global"))
     assert torch.isfinite(local).all() and (local >= 0).all()
     same_denominator = len(set(micro_batch_counts(samples, R, K, counted))) == 1
     assert torch.allclose(local, right, rtol=1e-12, atol=1e-15) == same_denominator
@@ -337,8 +337,8 @@ def test_local_normalization_is_right_exactly_when_every_micro_batch_has_the_sam
 def test_local_token_sum_is_global_divided_by_k_times_r(samples, R, K):
     """A sum has no denominator to cancel the naive `loss / K` and DDP's mean over R, so it is shrunk by K·R."""
     batch = make_batch(samples)
-    local, _, _ = effective_weights(batch, "token-sum", ranks=R, micro_batches=K, normalization="local")
-    right, _, _ = effective_weights(batch, "token-sum", ranks=R, micro_batches=K, normalization="global")
+    local, _, _ = effective_weights(batch, "token-sum", Plan(R, K, "local"))
+    right, _, _ = effective_weights(batch, "token-sum", Plan(R, K, "global"))
     torch.testing.assert_close(local, right / (K * R), rtol=1e-12, atol=0)
 
 
@@ -348,8 +348,8 @@ def test_local_token_sum_is_global_divided_by_k_times_r(samples, R, K):
 def test_local_equals_global_with_equal_lengths_and_equal_micro_batches(turns, R, K, per_micro, scheme):
     """The negative control: identical samples, R·K·m of them, so every micro-batch looks the same."""
     batch = make_batch([turns] * (R * K * per_micro))
-    local, _, _ = effective_weights(batch, scheme, ranks=R, micro_batches=K, normalization="local")
-    right, _, _ = effective_weights(batch, scheme, ranks=R, micro_batches=K, normalization="global")
+    local, _, _ = effective_weights(batch, scheme, Plan(R, K, "local"))
+    right, _, _ = effective_weights(batch, scheme, Plan(R, K, "global"))
     if scheme.name == "token-sum":
         right = right / (K * R)  # see test_local_token_sum_is_global_divided_by_k_times_r
     torch.testing.assert_close(local, right, rtol=1e-12, atol=1e-15)
@@ -357,7 +357,7 @@ def test_local_equals_global_with_equal_lengths_and_equal_micro_batches(turns, R
 
 def test_local_token_mean_differs_when_micro_batch_token_counts_differ():
     batch = make_batch([[3], [30], [3, 4], [50]])  # 3+30 | 7+50 loss tokens with K=2
-    local, _, _ = effective_weights(batch, "token-mean", micro_batches=2, normalization="local")
+    local, _, _ = effective_weights(batch, "token-mean", Plan(micro_batches=2, normalization="local"))
     right = token_weights(batch, "token-mean")
     assert float(right.max()) == pytest.approx(1 / 90)
     assert float(local[0].max()) == pytest.approx(1 / (2 * 33))  # 1/(K·n_rk)
@@ -374,14 +374,13 @@ def test_transformers_24725_gradient_accumulation_numbers():
     assert batch.tokens.shape == (2, 101) and int((batch.segment_id[0] >= 0).sum()) == 11
     per_token = torch.tensor([0.1, 0.9], dtype=torch.float64)
     losses = per_token[batch.sample_id.clamp(min=0)] * batch.loss_mask
-    loss = lambda norm: float((effective_weights(batch, "token-mean", micro_batches=2,
-                                                 normalization=norm)[0] * losses).sum())
+    loss = lambda norm: float((effective_weights(batch, "token-mean", Plan(micro_batches=2, normalization=norm))[0] * losses).sum())
     assert loss("global") == pytest.approx(91 / 110, abs=1e-12)
     assert round(loss("global"), 6) == 0.827273
     assert loss("local") == pytest.approx(0.5, abs=1e-12)
     assert float((token_weights(batch, "token-mean") * losses).sum()) == pytest.approx(91 / 110, abs=1e-12)
     # with batch 1 naive token-mean *is* the sample-level mean
-    naive, _, _ = effective_weights(batch, "token-mean", micro_batches=2, normalization="local")
+    naive, _, _ = effective_weights(batch, "token-mean", Plan(micro_batches=2, normalization="local"))
     torch.testing.assert_close(naive, token_weights(batch, "seq-mean-token-mean"), rtol=1e-12, atol=0)
 
 
@@ -434,7 +433,7 @@ def test_l_max_defaults_to_the_longest_sample_of_the_global_batch():
     assert resolve_l_max(batch, Scheme("seq-mean-token-sum-norm")).l_max == 7
     assert resolve_l_max(batch, Scheme("seq-mean-token-sum-norm", l_max=64)).l_max == 64
     # fixed on the global batch before micro-batching: K does not change it
-    w, _, _ = effective_weights(batch, "seq-mean-token-sum-norm", micro_batches=3, normalization="local")
+    w, _, _ = effective_weights(batch, "seq-mean-token-sum-norm", Plan(micro_batches=3, normalization="local"))
     assert float(w[0].max()) == pytest.approx(1 / (3 * 1 * 7))  # 1/K · 1/(b_k · L_max), b_k = 1
 
 
@@ -455,8 +454,8 @@ def test_rank_window_is_one_over_r_times_the_ranks_own_count(samples, R, K, case
     global exactly when every rank has the same count, and differs otherwise."""
     name, counted = case
     batch = make_batch(samples)
-    w, rank, _ = effective_weights(batch, name, ranks=R, micro_batches=K, normalization="rank")
-    right, _, _ = effective_weights(batch, name, ranks=R, micro_batches=K, normalization="global")
+    w, rank, _ = effective_weights(batch, name, Plan(ranks=R, micro_batches=K, normalization="rank"))
+    right, _, _ = effective_weights(batch, name, Plan(ranks=R, micro_batches=K, normalization="global"))
     counts = rank_counts(samples, R, K, counted)
     for r in range(R):
         on_rank = (rank == r) & batch.loss_mask
@@ -473,7 +472,7 @@ def test_a_global_window_of_s_steps_divides_by_its_own_tokens_times_s_over_k(sam
     """TRL's generation batch: S consecutive accumulation steps on every rank pool their count, c = R·S/K."""
     S = steps if K % steps == 0 else K
     batch = make_batch(samples)
-    w, _, step = effective_weights(batch, "token-mean", ranks=R, micro_batches=K, window_steps=S)
+    w, _, step = effective_weights(batch, "token-mean", Plan(ranks=R, micro_batches=K, window_steps=S))
     for g in range(K // S):
         in_window = (step // S == g) & batch.loss_mask
         if in_window.any():
@@ -486,8 +485,7 @@ def test_count_empty_counts_every_sample_in_b_and_l_max_scope_takes_each_micro_b
     counted = token_weights(batch, Scheme("seq-mean-token-sum", count_empty=True))
     assert float(counted.max()) == pytest.approx(1 / 4)  # B = 4 samples, the empty one included
     assert float(token_weights(batch, "seq-mean-token-sum").max()) == pytest.approx(1 / 3)
-    per_micro, _, _ = effective_weights(batch, Scheme("seq-mean-token-sum-norm", l_max_scope="micro-batch"),
-                                        micro_batches=2)
+    per_micro, _, _ = effective_weights(batch, Scheme("seq-mean-token-sum-norm", l_max_scope="micro-batch"), Plan(micro_batches=2))
     assert float(per_micro[0].max()) == pytest.approx(1 / (3 * 4))  # micro-batch {4, 0}: L = 4
     assert float(per_micro[3].max()) == pytest.approx(1 / (3 * 6))  # micro-batch {2, 6}: L = 6
     with pytest.raises(ValueError, match="l_max_scope='step'"):
@@ -505,8 +503,7 @@ def test_length_power_weights_are_finite_and_sum_to_one_for_every_finite_alpha(s
     so nothing overflows and the sum never underflows. Every window with loss tokens has its full share: global
     weights sum to 1, rank ones to (ranks with loss tokens)/R, local ones to (micro-batches with loss tokens)/RK."""
     batch = make_batch(samples)
-    w, rank, step = effective_weights(batch, Scheme("length-power", alpha=alpha), ranks=R, micro_batches=K,
-                                      normalization=normalization)
+    w, rank, step = effective_weights(batch, Scheme("length-power", alpha=alpha), Plan(R, K, normalization))
     assert torch.isfinite(w).all() and (w >= 0).all()
     if not batch.loss_mask.any():
         return

@@ -1,5 +1,5 @@
-"""RL maths (advantages, weights, clipped objective) against hand computations; a short seeded run shows the sign
-of the length bias (notebook 05 is executed by tests/test_notebooks.py)."""
+"""RL maths (advantages, weights, clipped objective, the length bias of the first step) against hand computations
+(notebook 05 is executed by tests/test_notebooks.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lossreduce_demo import rl
+from lossreduce_demo.model import IGNORE_INDEX
 from lossreduce_demo.tokenizer import EOT, encode
+from lossreduce_demo.train import first_reply_position
 
 
 def test_grpo_advantage_matches_hand_computation():
@@ -88,21 +90,6 @@ def test_on_policy_gradient_is_plain_policy_gradient():
     assert torch.allclose(logp.grad, -adv)  # rho = 1: the gradient of -A log pi
 
 
-def test_cached_decoding_matches_full_forward():
-    policy = rl.new_policy(3)
-    task = rl.E6_TASK
-    seq = torch.tensor([task.prompt_tokens + encode("Jabc")] * 2)
-    seq[1, -1] = encode("z")[0]
-    full, _ = policy(seq)
-    cache = [None] * len(policy.blocks)
-    P = len(task.prompt_tokens)
-    logits = [rl._decode_step(policy, seq[:, :P], 0, cache)]
-    for t in range(P, seq.shape[1]):
-        logits.append(rl._decode_step(policy, seq[:, t:t + 1], t, cache))
-    for j, step_logits in enumerate(logits):
-        assert torch.allclose(step_logits, full[:, P - 1 + j], atol=1e-5)
-
-
 def test_classify_and_rewards():
     task = rl.E6_TASK
     assert [rl.classify(task, encode(t.text(np.random.default_rng(0))) + [EOT]) for t in task.templates] == \
@@ -133,10 +120,32 @@ def test_a_marker_may_not_occur_in_any_template_text():
 
 def test_policy_head_is_untied_and_trains_separately():
     policy = rl.new_policy(0)
-    assert policy.head.weight.data_ptr() != policy.wte.weight.data_ptr()
-    _, loss = policy(torch.tensor([rl.E7_TASK.prompt_tokens]), torch.tensor([[-100] * 8 + encode("x")]))
+    assert policy.lm_head.weight.data_ptr() != policy.wte.weight.data_ptr()
+    _, loss = policy(torch.tensor([rl.E7_TASK.prompt_tokens]), torch.tensor([[IGNORE_INDEX] * 8 + encode("x")]))
     loss.sum().backward()
-    assert policy.head.weight.grad.abs().sum() > 0 and policy.wte.weight.grad[encode("x")[0]].abs().sum() == 0
+    assert policy.lm_head.weight.grad.abs().sum() > 0 and policy.wte.weight.grad[encode("x")[0]].abs().sum() == 0
+
+
+@pytest.mark.parametrize("scheme, ratio", [("seq-mean-token-mean", 10.0), ("token-mean", 1.0),
+                                           ("seq-mean-token-sum-norm", 1.0)])
+def test_first_step_pushes_a_short_wrong_marker_down_ten_times_harder_only_under_seq_mean(scheme, ratio):
+    """DAPO §3.3 analytically: in one group, a wrong 3-token and a wrong 30-token answer (same reward, so the same
+    advantage) get gradients on their marker's log-probability in the ratio of their per-token weights:
+    30/3 = 10 under GRPO's seq-mean-token-mean, 1 under DAPO's token-mean and Dr. GRPO's constant normaliser."""
+    task = rl.E6_TASK
+    texts = [t.text(np.random.default_rng(0)) for t in task.templates for _ in range(2)]  # 2 of each template
+    responses = [encode(x) + [EOT] for x in texts]
+    rewards = torch.tensor([rl.reward_of(task, rl.classify(task, r)) for r in responses])
+    batch = rl.response_batch(task.prompt_tokens, responses)
+    logp = torch.full(batch.loss_mask[:, 1:].shape, -1.0, requires_grad=True)  # on-policy: old = current
+    cfg = rl.RLConfig(scheme=scheme, group_size=len(responses))
+    rl.rl_loss(logp, logp.detach(), batch, rewards, cfg, task.budget).backward()
+    marker = first_reply_position(batch) - 1  # (B,) logp index of each response's first token
+    grad = logp.grad[torch.arange(len(responses)), marker]
+    short, long = texts.index(task.template("GUESS").text()), texts.index(task.template("GIBBERISH").text(
+        np.random.default_rng(0)))
+    assert float(grad[short]) > 0 and float(grad[long]) > 0  # wrong answers: their markers are pushed down
+    assert float(grad[short] / grad[long]) == pytest.approx(ratio, rel=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -144,26 +153,10 @@ def warm():
     return rl.warm_start(rl.E6_TASK, seed=0, steps=60)
 
 
-def _final_ratio(table):
-    wide = rl.wide_metrics(table)
-    return float(wide.sort_values("step")["long_short_wrong_ratio"].iloc[-1])
-
-
 def test_warm_start_learns_the_shares(warm):
     probs = rl.template_probs(warm, rl.E6_TASK)
     for t in rl.E6_TASK.templates:
         assert abs(probs[t.name] - t.share) < 0.05, probs
-
-
-def test_seq_mean_favours_long_wrong_answers_and_runs_are_deterministic(warm):
-    kw = dict(steps=8, groups=4, lr=0.06)
-    grpo = rl.train_policy(rl.E6_TASK, rl.algorithm_config("GRPO", **kw), 0, warm, progress=False)
-    dapo = rl.train_policy(rl.E6_TASK, rl.algorithm_config("DAPO", lr=0.09, **{k: kw[k] for k in ("steps", "groups")}),
-                           0, warm, progress=False)
-    assert _final_ratio(grpo) > 1.3 * _final_ratio(dapo)
-    again = rl.train_policy(rl.E6_TASK, rl.algorithm_config("GRPO", **kw), 0, warm, progress=False)
-    assert grpo.equals(again)
-    assert rl.template_probs(warm, rl.E6_TASK) == rl.template_probs(warm, rl.E6_TASK)  # start left unchanged
 
 
 def test_ppo_style_reuse_of_a_batch_stays_finite(warm):
@@ -174,3 +167,21 @@ def test_ppo_style_reuse_of_a_batch_stays_finite(warm):
     assert all(math.isfinite(v) for k, v in row.items() if k not in ("mean_length_right", "entropy_wrong",
                                                                          "mean_length_wrong"))
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+
+
+def test_runs_are_deterministic_and_leave_the_start_unchanged(warm):
+    cfg = rl.algorithm_config("GRPO", steps=3, groups=2)
+    first = rl.train_policy(rl.E6_TASK, cfg, 0, warm, progress=False)
+    assert first.equals(rl.train_policy(rl.E6_TASK, cfg, 0, warm, progress=False))
+    before = rl.template_probs(warm, rl.E6_TASK)
+    rl.train_policy(rl.E6_TASK, cfg, 1, warm, progress=False)
+    assert rl.template_probs(warm, rl.E6_TASK) == before
+
+
+def test_sampled_responses_follow_the_policy_and_end_at_eot_or_the_budget(warm):
+    responses = rl.sample_responses(warm, rl.E6_TASK, 64, torch.Generator().manual_seed(0))
+    assert all(r[-1] == EOT or len(r) == rl.E6_TASK.budget for r in responses)
+    names = [rl.classify(rl.E6_TASK, r) for r in responses]
+    probs = rl.template_probs(warm, rl.E6_TASK)
+    for name, p in probs.items():  # 64 draws: within 4 standard errors of the exact share
+        assert abs(names.count(name) / 64 - p) <= 4 * math.sqrt(p * (1 - p) / 64) + 1e-9, (name, p)

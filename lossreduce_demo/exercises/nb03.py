@@ -6,7 +6,7 @@ import torch
 
 from ..chats import conversation
 from ..layouts import multiturn_layout
-from ..reductions import effective_weights, micro_batch_coefficient, token_weights
+from ..reductions import Plan, effective_weights, token_weights
 from ..synth import make_chats
 from . import check_number, close, feedback, pending
 
@@ -24,7 +24,7 @@ def check_1(answer, n=(30, 90), per_token=(0.6, 0.2)):
         return None
     batch = two_samples(*n)
     losses = torch.tensor(per_token, dtype=torch.float64)[batch.sample_id.clamp(min=0)] * batch.loss_mask
-    loss = {norm: float((effective_weights(batch, "token-mean", micro_batches=2, normalization=norm)[0] * losses)
+    loss = {norm: float((effective_weights(batch, "token-mean", Plan(micro_batches=2, normalization=norm))[0] * losses)
                         .sum()) for norm in ("global", "local")}
     naive = close(answer, loss["local"], rel=1e-3)
     return check_number(answer, loss["global"],
@@ -41,8 +41,8 @@ def check_2(answer, n_samples: int = 16):
     batch = multiturn_layout(make_chats(n_samples, seed=0))
     ideal = token_weights(batch, "seq-mean-token-mean")
     exact = {k for k in range(1, n_samples + 1)
-             if torch.allclose(effective_weights(batch, "seq-mean-token-mean", micro_batches=k,
-                                                 normalization="local")[0], ideal, rtol=1e-12, atol=0)}
+             if torch.allclose(effective_weights(batch, "seq-mean-token-mean", Plan(micro_batches=k,
+                                                                            normalization="local"))[0], ideal, rtol=1e-12, atol=0)}
     try:
         given = {int(k) for k in answer}
     except (TypeError, ValueError):
@@ -57,7 +57,7 @@ def check_3(answer, ranks: int = 4, micro_batches: int = 8):
     the global token count N. What constant must it be multiplied by before backward?"""
     if pending(answer, "gradients add over the K micro-batches, then DDP takes the mean over the R ranks."):
         return None
-    expected = micro_batch_coefficient("global", ranks, micro_batches)
+    expected = Plan(ranks, micro_batches, "global").coefficient
     return check_number(answer, expected,
                         f"c = R = {expected:g}: no 1/K (N already counts every micro-batch), and ×R undoes DDP's mean "
                         "(transformers: loss *= num_processes; torchtune: scale_grads(world_size / num_tokens)).",

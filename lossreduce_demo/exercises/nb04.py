@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..experiments.sft import L_LONG, L_SHORT, e4_predictions, p_long_closed_form
+from ..experiments.sft import e4_predictions, predicted_p_long
 from . import check_number, close, pending
 
 
@@ -11,7 +11,7 @@ def check_1(answer, long_fraction: float = 0.1):
     if pending(answer, "each sample's branch token weighs 1/(B·n_i): weight each branch's frequency by 1/length."):
         return None
     f = long_fraction
-    expected = p_long_closed_form(f, 1 / L_LONG, 1 / L_SHORT)
+    expected = predicted_p_long("seq-mean-token-mean", f, 16)
     return check_number(answer, expected,
                         f"p* = (f/60) / (f/60 + (1−f)/5) = {expected:.4f}: twelve times below the data's odds, as for f = 0.2.",
                         f"That is the data's {f}: what token-sum learns. Weight each branch by 1/length." if close(answer, f)

@@ -7,8 +7,9 @@ from __future__ import annotations
 from ..chats import load_chats
 from ..hf_tokenizer import SHIPPED_TOKENIZER
 from ..layouts import multiturn_layout
+from ..notebook import data_path
 from ..reductions import token_weights
-from ..report import data_path, length_profile
+from ..report import length_profile
 from . import check_number, pending
 
 DEFAULT = "default_chats.jsonl"

@@ -4,7 +4,7 @@ Two ranks, rank 0 mostly short replies, rank 1 mostly long. For every scheme, `g
 before backward) and `local` (each rank's own mean) train a few AdamW steps next to single-process training on
 the same global batches, same init. All runs of all seeds go through ONE spawn of the two processes.
 
-Prediction (before running), from the core's weight maps alone (`distributed.local_vs_global`):
+Prediction (before running), from the core's weight maps alone (`reductions.local_vs_global`):
   global: gradient and weights equal single-process to <= 1e-6 (fp64 here, so what is left is rounding);
   local, weights differ token by token ("shape": token-mean, turn-mean, length-power on skewed data):
       gradient off by > 1e-3 and weights drift > 1e-3 from single-process;
@@ -18,8 +18,8 @@ from __future__ import annotations
 import pandas as pd
 
 from ..config import pick
-from ..distributed import dp_training, global_batch, local_vs_global
-from ..reductions import SCHEMES
+from ..distributed import dp_training, global_batch
+from ..reductions import SCHEMES, Plan, local_vs_global
 from . import ExperimentResult, tidy
 
 RANKS = 2
@@ -35,7 +35,7 @@ def predictions(seeds, steps: int, ranks: int = RANKS, rows_per_rank: int = 8) -
     for seed in seeds:
         batches = [global_batch("skewed", ranks, rows_per_rank, seed, step=s) for s in range(steps)]
         for scheme in SCHEMES:
-            relations = [local_vs_global(b, scheme, ranks) for b in batches]
+            relations = [local_vs_global(b, scheme, Plan(ranks)) for b in batches]
             first, scale = relations[0]
             kinds = {kind for kind, _ in relations}
             for norm in ("global", "local"):

@@ -21,9 +21,8 @@ import numpy as np
 import pandas as pd
 
 from .. import synth, variance
-from ..config import fast_mode, pick
+from ..config import fast_mode, pick, set_torch_threads
 from ..layouts import multiturn_layout
-from ..model import set_torch_threads
 from ..reductions import Scheme
 from ..tokenizer import render
 from ..train import TrainConfig, train

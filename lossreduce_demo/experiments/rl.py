@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .. import rl
-from ..model import set_torch_threads
+from ..config import set_torch_threads
 from . import ExperimentResult, tidy
 
 E6_ALGORITHMS = ("GRPO", "DAPO", "Dr. GRPO")

@@ -11,28 +11,30 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from dataclasses import replace
+from functools import lru_cache
 from math import comb
 
 import numpy as np
 import pandas as pd
 
 from .. import synth
-from ..config import fast_mode, pick
-from ..model import set_torch_threads
-from ..reductions import Scheme
+from ..config import fast_mode, pick, set_torch_threads
+from ..layouts import make_layout
+from ..reductions import BatchStats, Scheme, as_scheme, batch_stats, denominator, token_numerators
 from ..train import (
     Run,
     TrainConfig,
     TrainingData,
+    TrainingDiverged,
     final_metric,
+    first_reply_position,
     relative_distance,
     token_probability_metric,
     train,
 )
 from . import ExperimentResult, tidy
 
-L_SHORT = len(synth.BRANCH_SHORT) + 1  # 5 loss tokens (reply + <|eot|>)
-L_LONG = len(synth.BRANCH_LONG) + 1  # 60
 P_LONG_TOKEN = ord("L")
 P_SHORT_TOKEN = ord("S")
 E1_STEPS, E1_LR_DECAY = 600, 0.01  # E1 measures a converged optimum (see run_e1); fast mode: 12 steps, constant lr
@@ -42,31 +44,59 @@ SPLITS = ((16, 1), (8, 2), (4, 4), (2, 8), (1, 16))  # (micro-batch size, grad a
 # ------------------------------------------------------------------------------------------ predictions
 
 
-def p_long_closed_form(f: float, weight_long: float, weight_short: float) -> float:
-    """Optimum of the branch's weighted cross-entropy when a long reply's branch token gets `weight_long` and a
-    short one's `weight_short` (denominators that do not depend on the batch): p* = f·wL / (f·wL + (1−f)·wS)."""
-    return f * weight_long / (f * weight_long + (1 - f) * weight_short)
+@lru_cache(maxsize=None)
+def _branch_rows(context_turns: int, layout: str) -> dict[str, tuple]:
+    """One row of each kind a branch batch is made of, as (its BatchStats-maker batch, the branch token's index):
+    "short" and "long" branch rows, and (format A only) a row holding a context turn."""
+    kinds = {}
+    for name, f in (("short", 0.0), ("long", 1.0)):
+        batch = make_layout(synth.make_branch_chats(1, long_fraction=f, context_turns=context_turns, seed=0), layout)
+        row = batch.tokens.shape[0] - 1  # the last turn's row (split) or the conversation's row
+        kinds[name] = (batch.select([row]), int(first_reply_position(batch.select([row]))[0]))
+        if layout == "split" and context_turns:
+            kinds["context"] = (batch.select([0]), None)
+    return kinds
 
 
-def p_long_token_mean(f: float, unit: int, *, branch_share: float = 1.0, context_tokens: int = 0,
-                      other_row_tokens: int = 0) -> float:
-    """Optimum of the branch under a token-mean normalised over a random `unit` of rows (a micro-batch for local
-    normalization, the global batch for global): every token gets 1/N with N the unit's loss-token count.
+def predicted_p_long(scheme, long_fraction: float, unit: int, *, context_turns: int = 0,
+                     layout: str = "multiturn") -> float:
+    """P("L") at the branch that minimises the expected weighted cross-entropy under `scheme`, when `unit` rows
+    share one denominator (the global batch under global normalization, one micro-batch under local).
 
-    The expected gradient at the branch logit vanishes at p* = E[k/N] / E[m/N], where m ~ Bin(unit, branch_share)
-    rows hold the branch (plus `context_tokens` loss tokens of earlier turns), k ~ Bin(m, f) of them long, and the
-    other rows hold `other_row_tokens` loss tokens each (format A's context turns). Exact sum over (m, k)."""
+    The branch logit's expected gradient vanishes at p* = E[Σ_long w] / E[Σ_all w], w the weight of a reply's first
+    token. The sum runs exactly over the unit's compositions: m ~ Bin(unit, share) rows hold the branch (share 1, or
+    1/(context_turns + 1) for format A's turn-rows), k ~ Bin(m, f) of them long; the weights are
+    `reductions`' own numerators over the composition's counts (BatchStats add up over rows), so batch-dependent
+    denominators (token-mean's N, length-power's Σ n^α) are exact. Examples at f = 0.2: seq-mean-token-mean
+    (f/60)/(f/60 + (1−f)/5) = 0.0204 at any unit; token-mean 0.162 at unit 16, → f for a large unit; token-sum f."""
+    if not 0 <= long_fraction <= 1:
+        raise ValueError(f"long_fraction={long_fraction!r}: must be in [0, 1]")
+    scheme = as_scheme(scheme)
+    kinds = _branch_rows(context_turns, layout)
+    share = 1 / (context_turns + 1) if "context" in kinds else 1.0
+    stats = {name: batch_stats(batch, scheme).as_tuple() for name, (batch, _) in kinds.items()}
+    n_i = {name: float(batch.loss_mask.sum()) for name, (batch, _) in kinds.items()}
     top = bottom = 0.0
-    for m in range(unit + 1):
-        pm = comb(unit, m) * branch_share**m * (1 - branch_share) ** (unit - m)
-        if pm == 0 or m == 0:
-            continue
-        for k in range(m + 1):
-            pk = pm * comb(m, k) * f**k * (1 - f) ** (m - k)
-            n = (unit - m) * other_row_tokens + m * context_tokens + k * L_LONG + (m - k) * L_SHORT
-            top += pk * k / n
-            bottom += pk * m / n
+    for m in range(1, unit + 1):
+        p_m = comb(unit, m) * share**m * (1 - share) ** (unit - m)
+        for k in range(m + 1) if p_m else ():
+            p = p_m * comb(m, k) * long_fraction**k * (1 - long_fraction) ** (m - k)
+            if p == 0:
+                continue
+            count = {"long": k, "short": m - k, "context": unit - m}
+            total = BatchStats(*(sum(count[name] * v[i] for name, v in stats.items()) for i in range(4)))
+            present = [name for name in kinds if count[name]]
+            sized = replace(scheme, l_max=scheme.l_max or max(n_i[name] for name in present))
+            w = {name: float(token_numerators(kinds[name][0], sized)[0, kinds[name][1]]) / denominator(sized, total)
+                 for name in ("long", "short")}
+            top += p * k * w["long"]
+            bottom += p * (k * w["long"] + (m - k) * w["short"])
     return top / bottom
+
+
+def normalization_unit(run: Run, global_batch: int) -> int:
+    """Rows that share one denominator: the global batch (global), or one micro-batch (local)."""
+    return global_batch // (run.micro_batches or 1) if run.normalization == "local" else global_batch
 
 
 def long_fraction(convs) -> float:
@@ -149,13 +179,7 @@ E1_RUNS = (
 
 def e1_predictions(f: float, batch: int = 16) -> dict[str, float]:
     """Predicted P("L") per E1 run: the optimum of each run's expected weighted cross-entropy at the branch."""
-    seq_mean = p_long_closed_form(f, 1 / L_LONG, 1 / L_SHORT)
-    return {
-        E1_RUNS[0].label: seq_mean,
-        E1_RUNS[1].label: p_long_token_mean(f, batch),
-        E1_RUNS[2].label: p_long_token_mean(f, 1),
-        E1_RUNS[3].label: f,
-    }
+    return {run.label: predicted_p_long(run.scheme, f, normalization_unit(run, batch)) for run in E1_RUNS}
 
 
 def run_e1(seeds: int = 3) -> ExperimentResult:
@@ -226,19 +250,20 @@ def run_e2(seeds: int = 3) -> ExperimentResult:
                                                ("equal lengths", _equal_length_sets(seed))):
             reference = None
             for bsz, ga in SPLITS:
-                result = train(train_set, runs, _config(seed, steps=steps, micro_batch_size=bsz, grad_accum=ga,
-                                                        eval_every=steps, lr_decay=1.0), heldout=heldout)
+                cfg = _config(seed, steps=steps, micro_batch_size=bsz, grad_accum=ga, eval_every=steps, lr_decay=1.0,
+                              dtype="float64")  # float64: global's distance is rounding (~1e-12) on any machine
+                result = train(train_set, runs, cfg, heldout=heldout)
                 if reference is None:
-                    reference = result.params  # (16, 1): local and global are the same run
+                    reference = result.models[1]  # (16, 1): local and global are the same run
                 h = result.history
                 rows.append(dict(experiment="e2", seed=seed, scheme="token-mean", normalization="local vs global",
                                  format=data_name, micro_batch_size=bsz, grad_accum=ga, data=data_name,
-                                 metric="naive_global_gap", value=relative_distance(result.params, 0, result.params, 1)))
+                                 metric="naive_global_gap", value=relative_distance(*result.models)))
                 for i, run in enumerate(runs):
                     base = dict(experiment="e2", seed=seed, scheme=run.scheme.label, normalization=run.normalization,
                                 format=data_name, micro_batch_size=bsz, grad_accum=ga, data=data_name)
                     rows.append(base | dict(metric="rel_weight_distance",
-                                            value=relative_distance(result.params, i, reference, 0)))
+                                            value=relative_distance(result.models[i], reference)))
                     for metric in ("objective", "train_token_loss", "heldout_loss"):
                         sel = h[(h.run == run.label) & (h.metric == metric) & h.bucket.isna()]
                         last = sel[sel.step >= sel.step.max() - 9].value.mean()  # last 10 steps (or last eval)
@@ -246,7 +271,7 @@ def run_e2(seeds: int = 3) -> ExperimentResult:
         # learned P(L) under naive micro-batches b = 1, 2, 4, 8 (one training, same data, batch 16)
         f = long_fraction(branch)
         p_runs = [Run("token-mean", "local", micro_batches=16 // b) for b in (1, 2, 4, 8)]
-        predictions = {r.label: p_long_token_mean(f, 16 // r.micro_batches) for r in p_runs}
+        predictions = {r.label: predicted_p_long(r.scheme, f, normalization_unit(r, 16)) for r in p_runs}
         result = train(branch, p_runs, _config(seed), heldout=branch_heldout,
                        task_metrics=token_probability_metric(probes, P_LONG_TOKEN, "p_long"))
         rows += _p_long_rows(result, "e2", seed, predictions)
@@ -289,19 +314,15 @@ def run_e2(seeds: int = 3) -> ExperimentResult:
 # ------------------------------------------------------------------------------------------ E4
 
 
-def e4_predictions(f: float, turns_per_conversation: int = 3, batch: int = 16) -> dict[tuple[str, str], float]:
-    """Predicted P("L") per (format, scheme) with the branch as the last of `turns_per_conversation` turns, every
-    earlier turn a copy of 4 letters (5 loss tokens). Format A draws 3·batch turn-rows per step, B batch chats."""
-    c = L_SHORT * (turns_per_conversation - 1)  # loss tokens of the context turns
-    per_turn = p_long_closed_form(f, 1 / L_LONG, 1 / L_SHORT)
-    return {
-        ("A", "seq-mean-token-mean"): per_turn,
-        ("A", "token-mean"): p_long_token_mean(f, turns_per_conversation * batch,
-                                               branch_share=1 / turns_per_conversation, other_row_tokens=L_SHORT),
-        ("B", "seq-mean-token-mean"): p_long_closed_form(f, 1 / (L_LONG + c), 1 / (L_SHORT + c)),
-        ("B", "turn-mean"): per_turn,
-        ("B", "token-mean"): p_long_token_mean(f, batch, context_tokens=c),
-    }
+E4_FORMATS = {"A": ("split", ("seq-mean-token-mean", "token-mean"), 48),  # format: layout, schemes, rows/step
+              "B": ("multiturn", ("seq-mean-token-mean", "turn-mean", "token-mean"), 16)}
+
+
+def e4_predictions(f: float, context_turns: int = 2) -> dict[tuple[str, str], float]:
+    """Predicted P("L") per (format, scheme) with the branch after `context_turns` turns that copy 4 letters (5 loss
+    tokens each). Format A draws 48 turn-rows per step (a third of them hold the branch), B 16 conversations."""
+    return {(fmt, scheme): predicted_p_long(scheme, f, rows, context_turns=context_turns, layout=layout)
+            for fmt, (layout, schemes, rows) in E4_FORMATS.items() for scheme in schemes}
 
 
 def run_e4(seeds: int = 3) -> ExperimentResult:
@@ -310,13 +331,11 @@ def run_e4(seeds: int = 3) -> ExperimentResult:
 
     set_torch_threads()
     started, rows, curves = time.time(), [], []
-    formats = {"A": ("split", ("seq-mean-token-mean", "token-mean"), 48),
-               "B": ("multiturn", ("seq-mean-token-mean", "turn-mean", "token-mean"), 16)}
     for seed in range(seeds):
         train_set, probes, heldout = _branch_sets(seed, context_turns=2)
         predictions = e4_predictions(long_fraction(train_set))  # stated before training
         metric = token_probability_metric(probes, P_LONG_TOKEN, "p_long")
-        for fmt, (layout, schemes, batch) in formats.items():
+        for fmt, (layout, schemes, batch) in E4_FORMATS.items():
             runs = [Run(s) for s in schemes]
             result = train(train_set, runs, _config(seed, layout=layout, micro_batch_size=batch),
                            heldout=heldout, task_metrics=metric)
@@ -365,7 +384,7 @@ def run_e5(seeds: int = 3) -> ExperimentResult:
                      Run("token-mean", name="token-mean")]
         adam = train(train_set, adam_runs, cfg, heldout=heldout)
         adam_loss = final_metric(adam.history, "heldout_loss")
-        dist = relative_distance(adam.params, 1, adam.params, 0)
+        dist = relative_distance(adam.models[1], adam.models[0])
         base = dict(experiment="e5", seed=seed, normalization="global", micro_batch_size=cfg.micro_batch_size,
                     grad_accum=1, optimizer="adamw")
         curve = adam.history[(adam.history.metric == "heldout_loss") & adam.history.bucket.isna()]
@@ -380,12 +399,17 @@ def run_e5(seeds: int = 3) -> ExperimentResult:
         curves.append(_curves(adam, "e5", seed, metrics=("heldout_loss",)))
         # SGD: the same learning-rate grid for token-mean and token-sum
         sgd_runs = [Run(s, lr=lr, name=f"{s} lr={lr:.0e}") for s in ("token-mean", "token-sum") for lr in lr_grid]
-        sgd = train(train_set, sgd_runs, dataclasses.replace(cfg, optimizer="sgd", eval_every=cfg.steps // 2),
-                    heldout=heldout)
-        sgd_loss = final_metric(sgd.history, "heldout_loss").fillna(np.inf)
+        sgd_cfg = dataclasses.replace(cfg, optimizer="sgd", eval_every=cfg.steps // 2)
+        sgd_loss = {}
+        for run in sgd_runs:
+            try:
+                result = train(train_set, [run], sgd_cfg, heldout=heldout, data=data)
+                sgd_loss[run.label] = float(final_metric(result.history, "heldout_loss")[run.label])
+            except TrainingDiverged:  # too large a step for this objective: recorded as 1e6
+                sgd_loss[run.label] = math.inf
         best = {}
         for scheme in ("token-mean", "token-sum"):
-            losses = {run.lr: float(sgd_loss[run.label]) for run in sgd_runs if run.scheme.name == scheme}
+            losses = {run.lr: sgd_loss[run.label] for run in sgd_runs if run.scheme.name == scheme}
             losses = {lr: (v if math.isfinite(v) else math.inf) for lr, v in losses.items()}
             best[scheme] = min(losses, key=losses.get)
             for lr, v in losses.items():
