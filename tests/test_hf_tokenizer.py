@@ -393,7 +393,7 @@ def test_notebook_06_reads_your_own_tokenizer(llama3_dir, tmp_path, monkeypatch)
     section_5 = [c for c in nb.cells[start:end] if "## 5." in c.source or c.source.startswith("from lossreduce_demo.hf")]
     nb.cells = nb.cells[:start] + imports + nb.cells[nb.cells.index(section_5[0]):end]
     cell = next(c for c in nb.cells if c.source.startswith("from lossreduce_demo.hf_tokenizer import load_tokenizer"))
-    cell.source = cell.source.replace('report.data_path("chat_tokenizer")', repr(str(llama3_dir)))
+    cell.source = cell.source.replace('notebook.data_path("chat_tokenizer")', repr(str(llama3_dir)))
     km = KernelManager(kernel_name="python3", transport="ipc", ip=str(tmp_path / "kernel"))
     NotebookClient(nb, km=km, timeout=300, resources={"metadata": {"path": str(path.parent)}}).execute()
     printed = "".join(out.get("text", "") for c in nb.cells if c.cell_type == "code" for out in c.outputs)
