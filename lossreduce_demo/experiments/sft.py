@@ -74,8 +74,10 @@ def predicted_p_long(scheme, long_fraction: float, unit: int, *, context_turns: 
     scheme = as_scheme(scheme)
     kinds = _branch_rows(context_turns, layout)
     share = 1 / (context_turns + 1) if "context" in kinds else 1.0
-    stats = {name: batch_stats(batch, scheme).as_tuple() for name, (batch, _) in kinds.items()}
     n_i = {name: float(batch.loss_mask.sum()) for name, (batch, _) in kinds.items()}
+    if scheme.name == "length-power" and scheme.length_ref is None:  # one reference length for every row kind
+        scheme = replace(scheme, length_ref=max(n_i.values()))
+    stats = {name: batch_stats(batch, scheme).as_tuple() for name, (batch, _) in kinds.items()}
     top = bottom = 0.0
     for m in range(1, unit + 1):
         p_m = comb(unit, m) * share**m * (1 - share) ** (unit - m)
