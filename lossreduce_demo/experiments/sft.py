@@ -35,6 +35,8 @@ from ..train import (
 )
 from . import ExperimentResult, tidy
 
+L_SHORT = len(synth.BRANCH_SHORT) + 1  # 5 loss tokens (reply + <|eot|>)
+L_LONG = len(synth.BRANCH_LONG) + 1  # 60
 P_LONG_TOKEN = ord("L")
 P_SHORT_TOKEN = ord("S")
 E1_STEPS, E1_LR_DECAY = 600, 0.01  # E1 measures a converged optimum (see run_e1); fast mode: 12 steps, constant lr
