@@ -40,6 +40,7 @@ exactly seq-mean-token-sum (docs/science.md §6.1).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -344,23 +345,31 @@ def micro_batch_weights(micro: Batch, scheme: Scheme, plan: Plan, window: BatchS
     return token_weights(micro, scheme, stats) * plan.coefficient
 
 
+def micro_batches(batch: Batch, scheme, plan: Plan = FULL_BATCH) -> Iterator[tuple[MicroBatch, Batch, torch.Tensor]]:
+    """Every non-empty micro-batch of `plan` on a global batch: where it goes (MicroBatch: rank, step, rows), its
+    rows (without trailing padding) and the weights its loss applies to them: w = dJ/dl with
+    J = (1/R) sum_r sum_k c_rk * loss_rk (its window's counts, the coefficient c and DDP's 1/R included)."""
+    scheme = resolve_step_l_max(batch, as_scheme(scheme))  # seq-mean-token-sum-norm's L_max: fixed on the step
+    pooled = windows(batch, scheme, plan)
+    for mb in plan.deal(batch.tokens.shape[0]):
+        if mb.rows:
+            micro = batch.select(list(mb.rows)).trimmed()
+            fixed, stats = pooled[plan.window(mb)]
+            yield mb, micro, micro_batch_weights(micro, fixed, plan, stats) / plan.ranks  # DDP averages ranks
+
+
 def effective_weights(batch: Batch, scheme, plan: Plan = FULL_BATCH) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Weights the optimiser effectively applies, w = dJ/dl, with J = (1/R) sum_r sum_k c_rk * loss_rk.
+    """Weights the optimiser effectively applies to every token of a global batch, w = dJ/dl (`micro_batches`).
 
     With `plan.window_steps` S > K the batch holds S/K optimizer steps (rows dealt into S micro-batches per rank,
     whatever the normalisation; TRL's generation batch) and each token's weight is the one it gets in its own
     step. Returns (weights, rank, micro_batch): three (B, T) tensors, the last two telling where each row went."""
-    scheme = resolve_step_l_max(batch, as_scheme(scheme))
     weights = torch.zeros(batch.tokens.shape, dtype=WEIGHT_DTYPE)
     rank_of = torch.full(batch.tokens.shape, -1, dtype=torch.long)
     step_of = torch.full(batch.tokens.shape, -1, dtype=torch.long)
-    pooled = windows(batch, scheme, plan)
-    for mb in plan.deal(batch.tokens.shape[0]):
-        if not mb.rows:
-            continue
+    for mb, _, w in micro_batches(batch, scheme, plan):
         rows = list(mb.rows)
-        fixed, stats = pooled[plan.window(mb)]
-        weights[rows] = micro_batch_weights(batch.select(rows), fixed, plan, stats) / plan.ranks  # DDP's mean
+        weights[rows, : w.shape[1]] = w
         rank_of[rows], step_of[rows] = mb.rank, mb.step
     return weights, rank_of, step_of
 

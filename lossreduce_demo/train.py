@@ -2,10 +2,8 @@
 
 One optimizer step, nanoGPT-shaped (`train_step`):
 
-    counted = windows(batch, scheme, plan)                  # counts per normalisation window (global: the step)
-    for micro in the plan's R × K micro-batches:
-        losses = token_losses(model, micro)                 # forward -> per-token loss (B, T), unreduced
-        w = micro_batch_weights(micro, scheme, plan, its window's counts) / R   # from `reductions`; DDP: 1/R
+    for _, micro, w in reductions.micro_batches(batch, scheme, plan):  # R ranks × K micro-batches, their weights
+        losses = token_losses(model, micro)                 # forward -> per-token loss (rows, T), unreduced
         (w * losses).sum().backward()                       # gradients add up over the micro-batches
     optimizer.step()                                        # torch.optim.AdamW or torch.optim.SGD
 
@@ -40,9 +38,7 @@ from .reductions import (
     Scheme,
     as_scheme,
     length_bucket_labels,
-    micro_batch_weights,
-    resolve_step_l_max,
-    windows,
+    micro_batches,
 )
 from .tokenizer import PAD, render
 
@@ -209,16 +205,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
     step's loss tokens)."""
     if plan.steps > plan.micro_batches:
         raise ValueError(f"window_steps={plan.window_steps} spans several optimizer steps: not one train_step")
-    scheme = resolve_step_l_max(batch, scheme)  # seq-mean-token-sum-norm's L_max: fixed on the whole step
-    counted = windows(batch, scheme, plan)  # per window: its scheme and counts (global: the whole step's)
     objective = token_loss = 0.0
-    for mb in plan.deal(batch.tokens.shape[0]):
-        if not mb.rows:
-            continue  # more micro-batches than rows
-        micro = batch.select(mb.rows).trimmed()
+    for _, micro, w in micro_batches(batch, scheme, plan):  # each non-empty micro-batch and its weights
         losses = token_losses(model, micro)  # forward -> per-token loss (rows, T), unreduced
-        fixed, stats = counted[plan.window(mb)]
-        w = micro_batch_weights(micro, fixed, plan, stats) / plan.ranks  # global, rank or local counts; DDP's 1/R
         loss = (w.to(losses.dtype) * losses).sum()
         loss.backward()  # .grad adds up over the micro-batches
         objective += loss.item()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ..chats import conversation
-from ..layouts import multiturn_layout
+from ..layouts import multiturn_layout, token_losses
+from ..model import GPT, GPTConfig
 from ..reductions import Plan, effective_weights, token_weights
 from ..synth import make_chats
 from . import check_number, close, feedback, pending
@@ -62,3 +65,27 @@ def check_3(answer, ranks: int = 4, micro_batches: int = 8):
                         f"c = R = {expected:g}: no 1/K (N already counts every micro-batch), and ×R undoes DDP's mean "
                         "(transformers: loss *= num_processes; torchtune: scale_grads(world_size / num_tokens)).",
                         "Sum over K is what we want; the mean over R ranks divides by R once too often.", rel=1e-9)
+
+
+def check_loop(micro_batch_loss, micro_batches: int = 4):
+    """The accumulation loop with the learner's `micro_batch_loss(losses, micro, n_step, K)` (the one line that
+    turns a micro-batch's per-token losses into the number it backpropagates), on 16 chats of mixed lengths:
+    its gradient against the full-batch token-mean gradient."""
+    batch = multiturn_layout(make_chats(16, seed=3))
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, d_model=16, n_head=2)).double()
+    reference = copy.deepcopy(model)
+    (token_weights(batch, "token-mean") * token_losses(reference, batch)).sum().backward()
+    full = torch.cat([p.grad.flatten() for p in reference.parameters()])
+    micros = [batch.select(mb.rows) for mb in Plan(micro_batches=micro_batches).deal(len(batch.tokens))]
+    n_step = sum(int(m.loss_mask.sum()) for m in micros)
+    try:
+        for micro in micros:
+            micro_batch_loss(token_losses(model, micro), micro, n_step, micro_batches).backward()
+    except Exception as error:  # noqa: BLE001 - whatever the edit broke, say it in one line
+        return feedback(False, "", f"the loop stopped: {type(error).__name__}: {error}")
+    error = float((torch.cat([p.grad.flatten() for p in model.parameters()]) - full).norm() / full.norm())
+    return feedback(error <= 1e-9, f"gradient error {error:.1e}: every token now weighs 1/N of the whole step, "
+                    "the full-batch gradient (what `num_items_in_batch` does in transformers).",
+                    f"gradient error {error:.1e} against the full batch. Divide by the step's loss-token count "
+                    "`n_step` (counted before any backward) instead of the micro-batch's own count and K.")
