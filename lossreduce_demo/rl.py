@@ -139,6 +139,9 @@ ALGORITHMS = {
     "Dr. GRPO": ("seq-mean-token-sum-norm", "dr_grpo", 0.2),
 }
 ADVANTAGES = ("grpo", "dr_grpo")
+# Adam divides each parameter's update by its own running RMS, so the weight map's overall scale (Σw) no longer sets
+# the step size (as in E5): one learning rate serves every recipe. What else it changes: README, notebook 05.
+ADAM_LR = 1e-3
 
 POLICY_CONFIG = GPTConfig(context_len=48, n_layer=2, n_head=4, d_model=64, tie_head=False)  # TINY, short context
 
@@ -151,7 +154,7 @@ class RLConfig:
     groups: int = 8  # prompts (groups) per step
     group_size: int = 8  # G: responses per prompt
     lr: float = 0.02  # learning rate
-    optimizer: str = "sgd"  # sgd, or adam (AdamW without weight decay; see the README on what Adam changes)
+    optimizer: str = "sgd"  # sgd, or adam (AdamW without weight decay; README: what Adam changes)
     updates_per_batch: int = 1  # >1: PPO-style re-use of a batch, with ratio clipping
     clip_eps: float = 0.2  # PPO ratio clip
     temperature: float = 1.0
@@ -168,10 +171,12 @@ class RLConfig:
 
 
 def algorithm_config(name: str, **overrides) -> RLConfig:
-    """RLConfig of a named recipe (GRPO, DAPO, Dr. GRPO), with fast-mode defaults."""
+    """RLConfig of a named recipe (GRPO, DAPO, Dr. GRPO), with fast-mode defaults; `optimizer="adam"` without an
+    `lr` uses ADAM_LR for every recipe."""
     if name not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")
     scheme, advantage, lr = ALGORITHMS[name]  # fast mode: fewer, 2x larger steps
+    lr = ADAM_LR if overrides.get("optimizer") == "adam" else lr
     base = RLConfig(scheme=scheme, advantage=advantage, lr=pick(lr, 2 * lr), steps=pick(50, 20), groups=8)
     return replace(base, **overrides)
 
@@ -444,6 +449,27 @@ def train_policy(task: Task, cfg: RLConfig, seed: int, policy: GPT | None = None
     long.insert(1, "advantage", cfg.advantage)
     long.insert(2, "seed", seed)
     return long
+
+
+def ratio_by_parameters(start: GPT, trained: GPT, task: Task) -> dict[str, float]:
+    """Where a change of π(long wrong)/π(short wrong) sits. The untied output head has one row per token: the two
+    markers' rows are parameters only those decisions use; every other parameter is shared by all tokens. Returns
+    the ratio before and after training, with only the two marker rows moved (the rest at `start`), with everything
+    but them moved, and |Δ row(long marker)| / |Δ row(short marker)|. Under SGD the rows move in proportion to
+    their gradients (GRPO: the long marker's ~10× smaller); Adam scales each parameter's step by its own RMS."""
+    rows = [encode(task.template(name).marker)[0] for name in (task.long_wrong, task.short_wrong)]
+    before, after = start.lm_head.weight.detach(), trained.lm_head.weight.detach()
+    only_rows, all_but_rows = copy.deepcopy(start), copy.deepcopy(trained)
+    with torch.no_grad():
+        only_rows.lm_head.weight[rows] = after[rows]
+        all_but_rows.lm_head.weight[rows] = before[rows]
+
+    def ratio(policy):
+        return policy_metrics(policy, task)["long_short_wrong_ratio"]
+
+    moved = (after[rows] - before[rows]).norm(dim=1)
+    return dict(ratio_start=ratio(start), ratio_trained=ratio(trained), ratio_marker_rows_only=ratio(only_rows),
+                ratio_other_parameters_only=ratio(all_but_rows), marker_row_step_ratio=float(moved[0] / moved[1]))
 
 
 def wide_metrics(table: pd.DataFrame) -> pd.DataFrame:

@@ -18,6 +18,7 @@ sees the same samples at the same optimizer step, and every run of one `train` c
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -226,6 +227,7 @@ def train(
     task_metrics: Callable | Sequence[Callable] = (),
     labels: dict | None = None,
     data: TrainingData | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
     """Train one model per run (one after another) on the same data; return the tidy history and the models.
 
@@ -236,6 +238,7 @@ def train(
         e.g. `token_probability_metric(probes, ord("L"), "p_long")`.
     labels: extra constant columns for the history (e.g. {"seed": 3}).
     data: a prepared TrainingData (to reuse its layout across trainings with the same global batch and seed).
+    on_step: called as on_step(run_index, step) after every optimizer step (e.g. a widget's progress bar).
 
     History metrics: `objective` (Σ w·l over the step, what the scheme reports; every step),
     `train_token_loss` (token-mean loss of the step's global batch; every step), `heldout_loss`,
@@ -255,14 +258,15 @@ def train(
     task_metrics = [task_metrics] if callable(task_metrics) else list(task_metrics)
     frames, models = [], []
     for run in runs:
-        model, rows = _train_run(data, run, cfg, heldout_batch, task_metrics)
+        step_done = None if on_step is None else functools.partial(on_step, len(models))
+        model, rows = _train_run(data, run, cfg, heldout_batch, task_metrics, step_done)
         frames.append(_history(rows, run, cfg, labels or {}))
         models.append(model)
     return TrainResult(pd.concat(frames, ignore_index=True), runs, cfg, models)
 
 
 def _train_run(data: TrainingData, run: Run, cfg: TrainConfig, heldout_batch: Batch | None,
-               task_metrics: list[Callable]) -> tuple[GPT, list[tuple]]:
+               task_metrics: list[Callable], on_step: Callable[[int], None] | None = None) -> tuple[GPT, list[tuple]]:
     torch.manual_seed(cfg.seed)
     model = GPT(cfg.model).to(DTYPES[cfg.dtype]).train()
     lr, plan = run.lr or cfg.lr, run.plan(cfg)
@@ -281,6 +285,8 @@ def _train_run(data: TrainingData, run: Run, cfg: TrainConfig, heldout_batch: Ba
         if (step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1:
             rows += [(step + 1, name, bucket, value) for (name, bucket), value in
                      _evaluate(model, heldout_batch, task_metrics).items()]
+        if on_step is not None:
+            on_step(step)
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         raise TrainingDiverged(f"run {run.label!r} diverged at its last step: a weight is NaN or infinite "
                                f"({cfg.optimizer}, lr={lr:g}); lower the learning rate")

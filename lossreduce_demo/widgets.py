@@ -146,6 +146,14 @@ class _App(abc.ABC):
             self.message.value = f"<b style='color:#D55E00'>⚠ Invalid setting:</b> {_escape(error)}"
             self._draw()
             return self.state
+        except Exception as error:  # a click that failed: shown in the app, never reported as done
+            if self.button is None:
+                raise
+            self.state, self.figures = {"message": f"Failed: {type(error).__name__}: {error}"}, {}
+            self.message.value = (f"<b style='color:#D55E00'>⚠ Failed:</b> {_escape(type(error).__name__)}: "
+                                  f"{_escape(error)}")
+            self._draw()
+            return self.state
         finally:
             if self.button is not None:
                 self.button.disabled = False
@@ -536,31 +544,117 @@ def _train_button(tooltip: str) -> W.Button:
 
 
 class TrainingApp(_App):
-    """Notebook 04: schemes, long fraction and steps; Train trains one tiny GPT per chosen scheme on the E1 branch
-    chats (`training_app.train_branch`) and shows P("L") against its prediction and the loss by reply length."""
+    """Notebook 04: the branch task's whole length distribution (short and long reply lengths, long fraction, turns
+    before the branch), the format, GA steps K and normalisation, and the schemes. Every change recomputes the
+    closed-form P("L") of each chosen scheme (`training_app.predictions`, no training: `.predicted`); Train trains
+    one tiny GPT per scheme (`training_app.train_branch`, a progress bar per step) and shows the measured P("L")
+    beside the prediction, and the held-out loss by reply length."""
 
-    def __init__(self, runs=None, long_fraction: float = 0.2, steps: int | None = None, seed: int = 0):
-        from . import training_app
+    def __init__(self, schemes=None, seed: int = 0, **setting):
+        from . import training_app as ta
 
         self.seed = seed
-        self.runs = W.SelectMultiple(options=list(training_app.RUNS), value=tuple(runs or training_app.DEFAULT_RUNS),
-                                     rows=len(training_app.RUNS), description="schemes", style=_STYLE,
-                                     layout=W.Layout(width="420px"))
-        self.long_fraction = _slider(W.FloatSlider, long_fraction, 0.05, 0.5, 0.05, "long fraction")
-        self.steps = _slider(W.IntSlider, steps or pick(100, 24), 4, 400, 4, "optimizer steps")
-        super().__init__([[self.runs, W.VBox([self.long_fraction, self.steps])]],
-                         _train_button("train one tiny GPT per chosen scheme on the branch chats"))
+        default = ta.BranchSetting(**setting)
+        self.schemes = W.SelectMultiple(options=list(ta.SCHEMES), value=tuple(schemes or ta.DEFAULT_SCHEMES),
+                                        rows=len(ta.SCHEMES), description="schemes", style=_STYLE,
+                                        layout=W.Layout(width="330px"))
+        self.short_len = _slider(W.IntSlider, default.short_len, 2, 40, 1, "short reply (tokens)")
+        self.long_len = _slider(W.IntSlider, default.long_len, 2, 100, 1, "long reply (tokens)")
+        self.long_fraction = _slider(W.FloatSlider, default.long_fraction, 0.0, 1.0, 0.05, "long fraction")
+        self.context_turns = _slider(W.IntSlider, default.context_turns, 0, 4, 1, "turns before the branch")
+        self.layout = W.Dropdown(options=LAYOUTS, value=default.layout, description="format", style=_STYLE,
+                                 layout=W.Layout(width="200px"))
+        self.grad_accum = W.Dropdown(options=ta.GA_STEPS, value=default.grad_accum, description="GA steps K",
+                                     style=_STYLE, layout=W.Layout(width="160px"))
+        self.normalization = W.ToggleButtons(options=ta.NORMALIZATIONS, value=default.normalization,
+                                             description="normalisation", style=_STYLE)
+        self.steps = _slider(W.IntSlider, default.steps or pick(100, 24), 4, 400, 4, "optimizer steps")
+        self.progress = W.IntProgress(value=0, min=0, max=1, description="training", style=_STYLE,
+                                      layout=W.Layout(visibility="hidden"))
+        self.prediction = W.HTML()
+        self.result = W.HTML()
+        lengths = W.VBox([self.short_len, self.long_len, self.long_fraction, self.context_turns])
+        plan = W.VBox([self.layout, self.grad_accum, self.normalization, self.steps])
+        super().__init__([[self.schemes, lengths, plan]], _train_button("train one tiny GPT per chosen scheme"))
+        self.widget.children = (self.widget.children[:-2] + (self.progress, W.HBox([self.prediction, self.result]))
+                                + self.widget.children[-2:])
+        self.predicted = pd.DataFrame()
+        self.controls = [self.schemes, *lengths.children, *plan.children]
+        for control in self.controls:  # every change recomputes the prediction (cheap); only Train trains
+            control.observe(self._setting_changed, names="value")
+        self.predict()
         self.message.value = "Nothing trains until you click Train."
 
-    def _compute(self, notes):
-        from . import training_app
+    def setting(self):
+        """The controls as a `training_app.BranchSetting` (ValueError with the reason when they do not fit)."""
+        from . import training_app as ta
 
-        chosen, steps = list(self.runs.value), self.steps.value
-        self._progress(f"training {len(chosen)} models for {steps} steps…")
-        run = training_app.train_branch(chosen, long_fraction=self.long_fraction.value, steps=steps, seed=self.seed)
-        notes.append(f"trained in {run.seconds:.1f} s: click again after changing a setting")
-        state = {"table": run.table, "seconds": run.seconds, "long_fraction": run.long_fraction}
-        return state, lambda: training_app.figures(run)
+        return ta.BranchSetting(short_len=self.short_len.value, long_len=self.long_len.value,
+                                long_fraction=float(self.long_fraction.value), context_turns=self.context_turns.value,
+                                layout=self.layout.value, grad_accum=self.grad_accum.value,
+                                normalization=self.normalization.value, steps=self.steps.value)
+
+    def _setting_changed(self, _change) -> None:
+        if not self._paused:
+            self.predict()
+
+    def predict(self) -> pd.DataFrame:
+        """Recompute the closed-form P("L") of every chosen scheme (cheap, no training) into `.predicted`."""
+        from . import training_app as ta
+
+        try:
+            setting = self.setting()
+            f = ta.long_fraction(ta.training_set(setting, self.seed))  # the set Train will use
+            self.predicted = ta.predictions(self.schemes.value, setting, f)
+        except ValueError as error:
+            self.predicted = pd.DataFrame()
+            self.prediction.value = f"<b style='color:#D55E00'>⚠ Invalid setting:</b> {_escape(error)}"
+            self.button.disabled = True
+            return self.predicted
+        self.button.disabled = False
+        note = " (packed × local: micro-batches hold about 16/K conversations)" if (
+            setting.layout == "packed" and setting.normalization == "local" and setting.grad_accum > 1) else ""
+        rows = "".join(f"<tr><td>{_escape(r.run)}</td><td><b>{r.predicted:.3f}</b></td></tr>"
+                       for r in self.predicted.itertuples())
+        self.prediction.value = (f"<b>Predicted P(\"L\")</b>, long fraction of the training set {f:.3f}{note}"
+                                 f"<table>{rows}</table>")
+        if self.state.get("table") is not None:
+            self.result.value = "<i style='color:#555'>settings changed: click Train for a new result</i>"
+        return self.predicted
+
+    @contextlib.contextmanager
+    def hold(self):
+        """Change several controls, then recompute the prediction once (nothing trains)."""
+        self._paused = True
+        try:
+            yield self
+        finally:
+            self._paused = False
+        self.predict()
+
+    def _show_progress(self, done: int, total: int) -> None:
+        self.progress.max, self.progress.value = total, done
+        self.progress.description = f"step {done}/{total}"
+
+    def _compute(self, notes):
+        from . import training_app as ta
+
+        setting = self.setting()
+        self.progress.value, self.progress.layout.visibility = 0, "visible"
+        self._progress(f"training {len(self.schemes.value)} models for {setting.config().steps} steps…")
+        try:
+            run = ta.train_branch(self.schemes.value, setting, seed=self.seed, progress=False,
+                                  on_step=self._show_progress)
+        finally:
+            self.progress.layout.visibility = "hidden"
+        notes.append(f"trained in {run.seconds:.1f} s: change a setting and click again")
+        rows = "".join(f"<tr><td>{_escape(r.run)}</td><td>{r.predicted:.3f}</td><td><b>{r.measured:.3f}</b></td></tr>"
+                       for r in run.table.itertuples())
+        self.result.value = (f"<b>Trained</b> ({run.seconds:.1f} s)<table><tr><th>scheme</th><th>predicted</th>"
+                             f"<th>measured</th></tr>{rows}</table>")
+        state = {"table": run.table, "seconds": run.seconds, "long_fraction": run.long_fraction,
+                 "setting": setting}
+        return state, lambda: ta.figures(run)
 
 
 class RLTrainingApp(_App):

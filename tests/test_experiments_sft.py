@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+
+import numpy as np
 import pytest
 
+from lossreduce_demo import synth
 from lossreduce_demo.experiments import COLUMNS, run_experiment, sft
+from lossreduce_demo.layouts import make_layout
+from lossreduce_demo.tokenizer import VOCAB_SIZE
 
 
 @pytest.fixture(autouse=True)
@@ -55,6 +62,16 @@ def test_e2_short_run_naive_gap_grows_and_global_has_none():
     gap = table[table.metric == "naive_global_gap"].set_index(["format", "grad_accum"]).value
     assert (gap.loc["equal lengths"] <= 1e-6).all()  # equal lengths: naive = global
     assert (gap.loc["mixed lengths"].loc[[4, 8, 16]] > 1e-3).all()
+
+
+def test_unigram_baseline_is_the_cross_entropy_of_the_training_frequencies():
+    train_set, heldout = synth.make_branch_chats(64, seed=1), synth.make_branch_chats(16, seed=2)
+    batch = make_layout(train_set, "multiturn")
+    counts = Counter(batch.tokens[batch.loss_mask].tolist())
+    total = sum(counts.values()) + VOCAB_SIZE  # add-one smoothing over the vocabulary
+    held = make_layout(heldout, "multiturn")
+    expected = -np.mean([math.log((counts[t] + 1) / total) for t in held.tokens[held.loss_mask].tolist()])
+    assert sft.unigram_loss(train_set, heldout) == pytest.approx(expected, rel=1e-12)
 
 
 def test_e4_e5_short_runs_are_tidy():

@@ -114,6 +114,7 @@ def _rl_wide(task) -> pd.DataFrame:
                                  long_short_wrong_ratio=1 + (top - 1) * t, long_short_right_ratio=1 + (0.12 - 1) * t
                                  if algorithm == "GRPO" else 1 - 0.1 * t,
                                  mean_length_wrong=16 + 8 * t * (algorithm == "GRPO"),
+                                 mean_length_right=13 - 5 * t * (algorithm == "GRPO"),
                                  entropy_wrong=1.2 + 0.2 * t * (algorithm == "GRPO")))
     return pd.DataFrame(rows)
 
@@ -351,3 +352,11 @@ def test_data_path_names_the_shipped_files_when_missing():
     assert data_path("george_washington.jsonl").exists()
     with pytest.raises(FileNotFoundError, match="default_chats.jsonl"):
         data_path("nope.jsonl")
+
+
+def test_e7_summary_shows_the_right_answers_length_and_e6_the_entropy():
+    """E7's templates are fixed text, so per-token entropy only measures length there: E7's last panel is the
+    right answers' length, E6's the wrong answers' entropy."""
+    e7 = rl_plots.experiment_figure(_rl_wide(rl.E7_TASK), rl.E7_TASK).axes[-1].get_ylabel()
+    e6 = rl_plots.experiment_figure(_rl_wide(rl.E6_TASK), rl.E6_TASK).axes[-1].get_ylabel()
+    assert "right answers" in e7 and "entropy" in e6

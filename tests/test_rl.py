@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 
@@ -185,3 +186,25 @@ def test_sampled_responses_follow_the_policy_and_end_at_eot_or_the_budget(warm):
     probs = rl.template_probs(warm, rl.E6_TASK)
     for name, p in probs.items():  # 64 draws: within 4 standard errors of the exact share
         assert abs(names.count(name) / 64 - p) <= 4 * math.sqrt(p * (1 - p) / 64) + 1e-9, (name, p)
+
+
+def test_ratio_by_parameters_splits_a_change_between_the_marker_rows_and_the_rest(warm):
+    trained = copy.deepcopy(warm)
+    j, g = encode("J")[0], encode("G")[0]
+    direction = torch.randn(trained.lm_head.weight.shape[1], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        trained.lm_head.weight[j] += 0.05 * direction  # the GIBBERISH marker row moves half as far as GUESS's
+        trained.lm_head.weight[g] -= 0.10 * direction
+    split = rl.ratio_by_parameters(warm, trained, rl.E6_TASK)
+    assert split["marker_row_step_ratio"] == pytest.approx(0.5, rel=1e-5)
+    assert split["ratio_marker_rows_only"] == pytest.approx(split["ratio_trained"], rel=1e-9)
+    assert split["ratio_other_parameters_only"] == pytest.approx(split["ratio_start"], rel=1e-9)
+    assert abs(math.log(split["ratio_trained"] / split["ratio_start"])) > 1e-3  # the rows did move the ratio
+
+
+def test_adam_recipes_share_one_learning_rate_and_keep_an_explicit_one():
+    adam = {name: rl.algorithm_config(name, optimizer="adam") for name in rl.ALGORITHMS}
+    assert {cfg.optimizer for cfg in adam.values()} == {"adam"}
+    assert len({cfg.lr for cfg in adam.values()}) == 1 and adam["GRPO"].lr in (rl.ADAM_LR, 2 * rl.ADAM_LR)
+    assert rl.algorithm_config("DAPO", optimizer="adam", lr=3e-3).lr == 3e-3
+    assert rl.algorithm_config("DAPO").lr != adam["DAPO"].lr  # SGD keeps its own per-recipe rate

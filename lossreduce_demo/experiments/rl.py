@@ -6,6 +6,7 @@ passes overall when it passes in at least 2 of 3 seeds (generally: ceil(2/3 of t
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -200,6 +201,31 @@ def ratio_at(table: pd.DataFrame, share: str = "share_REASON", level: float = RE
         rows.setdefault(seed, {})[algorithm] = (float(w.loc[w["step"] == k, ratio].iloc[0]) if k is not None
                                                 else math.nan)
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("seed")
+
+
+def optimizer_comparison(task: rl.Task = rl.E6_TASK, seed: int = 0, algorithms=("GRPO", "DAPO"),
+                         level: float = REASON_LEVEL, start=None) -> pd.DataFrame:
+    """Each algorithm under plain SGD (its own learning rate) and under Adam (`rl.ADAM_LR`), from the same warm
+    start, taken at the first step where π(right) reaches `level` (the last step if never): one row per run with
+    the length-bias ratio there and where it sits (`rl.ratio_by_parameters`)."""
+    start = start if start is not None else rl.warm_start(task, seed)
+    rows = []
+    for optimizer in ("sgd", "adam"):
+        for name in algorithms:
+            policies: dict[int, rl.GPT] = {}  # the policy after every update
+
+            def keep(step, _row, policy, policies=policies):
+                policies[step] = copy.deepcopy(policy)
+
+            table = rl.train_policy(task, rl.algorithm_config(name, optimizer=optimizer), seed, start, callback=keep,
+                                    progress=False)
+            wide = rl.wide_metrics(table).sort_values("step")
+            step = _first_step(wide, "share_right", level)
+            step = int(wide["step"].max()) if step is None else step
+            rows.append(dict(optimizer=optimizer, algorithm=name, step=step, reached=bool(
+                wide.loc[wide["step"] == step, "share_right"].iloc[0] >= level),
+                **rl.ratio_by_parameters(start, policies.get(step, start), task)))
+    return pd.DataFrame(rows)
 
 
 def weight_ratio(task: rl.Task = rl.E6_TASK) -> pd.DataFrame:

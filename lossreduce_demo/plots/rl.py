@@ -91,7 +91,9 @@ def length_curves(wide: pd.DataFrame, x: str = "expected_reward", smooth: int = 
 
 
 def experiment_figure(wide: pd.DataFrame, task):
-    """E6/E7 summary: ratio(s) vs step and vs reward, and wrong-answer length vs reward."""
+    """E6/E7 summary: ratio(s) vs step and vs reward; wrong-answer length vs reward, and beside it (E6) the
+    wrong answers' per-token entropy or (E7, where every template's text is fixed, so per-token entropy only
+    measures length) the right answers' length."""
     metrics = ["long_short_wrong_ratio"] + (["long_short_right_ratio"] if task.long_right else [])
     fig, axes = new_figure(len(metrics) + 1, 2, width=10, height=3.2 * (len(metrics) + 1))
     for row, metric in enumerate(metrics):
@@ -99,7 +101,8 @@ def experiment_figure(wide: pd.DataFrame, task):
             draw_metric(axes[row, col], wide, metric, x)
         axes[row, 1].set_title(matched_reward_title(wide, metric), fontsize=9)
     draw_metric(axes[-1, 0], wide, "mean_length_wrong", "expected_reward", smooth=5)
-    draw_metric(axes[-1, 1], wide, "entropy_wrong", "expected_reward", smooth=5)
+    draw_metric(axes[-1, 1], wide, "mean_length_right" if task.long_right else "entropy_wrong", "expected_reward",
+                smooth=5)
     _legend(axes[0, 1])
     fig.suptitle(f"{task.name.upper()}: length bias of the loss reduction (one line per seed)")
     return fig

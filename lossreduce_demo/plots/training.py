@@ -173,7 +173,9 @@ def e5_figure(table: pd.DataFrame):
     bx.set_xlabel("reduction (Adam)")
     bx.set_ylabel("final held-out loss (nats/token)")
     bx.set_ylim(0, float(stats["max"].max()) * 1.2)
-    bx.set_title("E5: Adam, sum vs sum / C vs mean")
+    unigram = table.loc[table.metric == "unigram_heldout_loss", "value"]
+    bx.set_title("E5: Adam, sum vs sum / C vs mean" + (f"\n(unigram baseline {unigram.mean():.2f} nats/token)"
+                                                        if len(unigram) else ""))
     return fig
 
 
