@@ -179,7 +179,7 @@ def figures(run: BranchRun) -> dict:
     """{name: Figure}: P("L") per run (measured vs predicted) and the held-out loss by reply length."""
     table = run.table.assign(metric="p_long", value=run.table.measured)
     s = run.setting
-    title = (f'Learned P("L"): replies {s.short_len} or {s.long_len} tokens, long fraction {run.long_fraction:.2f}, '
-             f'{s.layout}, K={s.grad_accum} {s.normalization}')
+    title = (f'Learned P("L"): replies {s.short_len}/{s.long_len} tokens, f = {run.long_fraction:.2f}\n'
+             f'{s.context_turns} turns before, {s.layout}, K = {s.grad_accum} {s.normalization}')
     return {"p_long": plots.p_long_figure(table, title),
             "loss_by_length": plots.loss_by_length_figure(run.result.history)}
