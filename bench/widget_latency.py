@@ -17,7 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from lossreduce_demo import widgets  # noqa: E402
+from lossreduce_demo import training_app, widgets  # noqa: E402
 from lossreduce_demo.reductions import token_weights  # noqa: E402
 
 REPEATS = 7
@@ -58,6 +58,13 @@ VIEWS = {
     "accumulation: K": (widgets.AccumulationExplorer, "micro_batches", [2, 4, 8]),
     "accumulation: normalisation": (widgets.AccumulationExplorer, "normalization", ["local", "global"]),
 }
+# notebook 04's Train app: a control change recomputes the closed-form P("L") of every chosen scheme (nothing trains)
+TRAIN_APP_VIEWS = {
+    "train app: long fraction": ("long_fraction", [0.1, 0.2, 0.3]),
+    "train app: long reply": ("long_len", [30, 40, 50]),
+    "train app: GA steps (local)": ("grad_accum", [2, 4, 8]),
+    "train app: format": ("layout", ["split", "multiturn", "packed"]),
+}
 
 
 def main() -> dict:
@@ -82,6 +89,12 @@ def main() -> dict:
         results["views"][name] = {"state_ms": state * 1e3, "figures_ms": figs * 1e3, "png_ms": png * 1e3,
                                   "state_over_baseline": state / baseline}
         print(f"{name:32s} {state * 1e3:9.1f} {figs * 1e3:9.1f} {png * 1e3:9.1f} {state / baseline:11.1f}")
+    train_app = widgets.TrainingApp(schemes=list(training_app.SCHEMES), context_turns=2, normalization="local")
+    for name, (control, values) in TRAIN_APP_VIEWS.items():
+        state = median_seconds(cycling(train_app, control, values))
+        assert not train_app.predicted.empty, train_app.prediction.value
+        results["views"][name] = {"state_ms": state * 1e3, "figures_ms": state * 1e3}
+        print(f"{name:32s} {state * 1e3:9.1f} {'(none)':>9s}")
     worst = max(v["figures_ms"] for v in results["views"].values())
     results["worst_state_and_figures_ms"] = worst
     print(json.dumps(results))
