@@ -1,5 +1,5 @@
 """`make site` pieces without a kernel: suite order, the index text, widget snapshots, the output-folder guard.
-The full build (every notebook executed and opened in a browser) is tests/browser/test_site.py."""
+The full build (every notebook executed and opened in a browser) is tests/browser/test_site_pages.py."""
 
 from __future__ import annotations
 
