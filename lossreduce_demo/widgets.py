@@ -94,8 +94,10 @@ class _App(abc.ABC):
     controls: list
 
     def __init__(self, rows: list[list], button: W.Button | None = None):
+        self.headline = W.HTML()  # the number to read off, as text beside the plots
         self.message = W.HTML()
         self.output = W.Output()
+        self.layouts = plots.LayoutCache()  # constrained layout on the first draw, fixed after (redraw speed)
         self.state: dict = {}
         self.figures: dict = {}
         self._paused = False
@@ -109,7 +111,7 @@ class _App(abc.ABC):
             button.on_click(lambda _: self.update())
             rows = rows + [[button]]
         self.widget = W.VBox([W.HBox(row, layout=W.Layout(flex_flow="row wrap")) for row in rows]
-                             + [self.message, self.output])
+                             + [self.headline, self.message, self.output])
 
     def _changed(self, _change) -> None:
         if not self._paused:
@@ -144,6 +146,7 @@ class _App(abc.ABC):
         except ValueError as error:  # ChatFormatError is a ValueError: bad settings, reported in the app
             self.state, self.figures = {"message": f"Invalid setting: {error}"}, {}
             self.message.value = f"<b style='color:#D55E00'>⚠ Invalid setting:</b> {_escape(error)}"
+            self.headline.value = ""
             self._draw()
             return self.state
         except Exception as error:  # a click that failed: shown in the app, never reported as done
@@ -158,6 +161,8 @@ class _App(abc.ABC):
             if self.button is not None:
                 self.button.disabled = False
         state["message"] = " ".join(notes)
+        if "headline" in state:  # an app may instead write richer HTML into self.headline itself
+            self.headline.value = f"<b>{_escape(state['headline'])}</b>"
         self.state, self.figures = state, (make_figures() if self.draw_figures else {})
         self.message.value = "".join(f"<div style='color:#555'>ℹ {_escape(n)}</div>" for n in notes)
         self._draw()
@@ -172,8 +177,10 @@ class _App(abc.ABC):
             return
         with self.output:
             clear_output(wait=True)
-            for fig in (self.figures if figures is None else figures).values():
+            for name, fig in (self.figures if figures is None else figures).items():
+                self.layouts.reuse(name, fig)
                 display(fig)
+                self.layouts.remember(name, fig)
 
     def _progress(self, text: str) -> None:
         """A status line while a training app works."""
@@ -218,7 +225,9 @@ class FormatsExplorer(_App):
             notes.append(f"Some conversations have fewer than {self.turns.value} turns: cut at {MAX_TOKENS} tokens.")
         if self.turns.value == 1:
             notes.append("With one turn per conversation, split and multiturn are the same rows.")
-        state = {"waste": waste, "split_over_multiturn_tokens": float(ratio), "mean_turns": float(turns)}
+        padding = ", ".join(f"{row.layout} {row.padding_fraction:.0%}" for row in waste.itertuples())
+        state = {"waste": waste, "split_over_multiturn_tokens": float(ratio), "mean_turns": float(turns),
+                 "headline": f"format A computes {ratio:.2f}× the tokens of format B · padding: {padding}"}
         return state, lambda: {"layouts": plots.layout_diagrams(batches), "waste": plots.waste_bars(batches)}
 
 
@@ -289,6 +298,9 @@ class WeightExplorer(_App):
             notes.append("Every sample has the same number of loss tokens: all schemes weight tokens equally.")
         state = {"scheme": scheme.label, "profile": profile, "buckets": buckets[scheme.label],
                  "total_weight": float(weights.sum()), **_extremes(profile)}
+        state["headline"] = (f"{scheme.label}: a token of the shortest reply weighs {state['shortest_over_longest']:.3g}× "
+                             f"one of the longest · the longer half of the samples gets {state['share_longer_half']:.0%} "
+                             f"of the step ({state['tokens_longer_half']:.0%} of the loss tokens)")
         return state, lambda: {
             "heatmap": plots.weight_heatmap(batch, weights, title=f"{scheme.label}: weight per token vs token-mean"),
             "length": plots.weight_vs_length({scheme.label: profile, "token-mean": ref_profile}),
@@ -344,7 +356,9 @@ class AccumulationExplorer(_App):
         per_sample["error"] = (per_sample.effective - per_sample.ideal) / per_sample.ideal
         state = {"scheme": scheme.label, "ranks": R, "micro_batches": K, "normalization": norm,
                  "micro_batch_rows": per_micro, "max_rel_error": error, "per_sample": per_sample,
-                 "total_weight": float(effective.sum()), "ideal_total_weight": float(ideal.sum())}
+                 "total_weight": float(effective.sum()), "ideal_total_weight": float(ideal.sum()),
+                 "headline": f"largest relative error of the applied weights: {error:.1%}"
+                             + (" (exact: the full-batch weights)" if error < 1e-9 else "")}
         title = (f"{scheme.label}, {norm} normalisation, R={R}, K={K}: max relative error "
                  f"{error:.1%}" + (" (exact)" if error < 1e-9 else ""))
         return state, lambda: {"weights": plots.effective_vs_ideal(batch, effective, ideal, rank=rank, step=step,
@@ -425,7 +439,7 @@ class Dashboard:
         self.weights = WeightExplorer(n_conversations, seed)
         self.accumulation = AccumulationExplorer(n_conversations, seed)
         self.widget = W.Tab(children=[self.weights.widget, self.accumulation.widget],
-                            titles=("Weights per token", "Gradient accumulation × data parallel"))
+                            titles=("Weights per token", "Accumulation × DP"))  # whole labels: a tab is ~144 px wide
 
     @property
     def state(self) -> dict:
@@ -476,11 +490,9 @@ class FrameworkExplorer(_App):
         self.ranks = _slider(W.IntSlider, ranks, 1, 4, 1, "ranks R")
         self.mask_truncated = W.Checkbox(value=mask_truncated, style=_STYLE,
                                          description="one truncated completion fully masked")
-        self.headline = W.HTML()
         super().__init__([[self.framework, self.option], [self.micro_batches, self.ranks, self.mask_truncated]])
         self.framework.unobserve(self._changed, names="value")
         self.framework.observe(self._framework_changed, names="value")
-        self.widget.children = self.widget.children[:-2] + (self.headline,) + self.widget.children[-2:]
         self.update()
 
     def _fill_options(self, option: dict | None = None) -> None:

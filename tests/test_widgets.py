@@ -251,3 +251,45 @@ def test_delta_l_explorer_predicts_the_quietest_unbiased_step_at_a_one():
     narrow = app.set(spread=0.2, a=1.0)  # nearly equal lengths: the weighting hardly matters
     assert narrow["variance_vs_a0"] > 0.9 > one[0]
     assert set(app.figures) == {"delta_l"} and isinstance(app.figures["delta_l"], Figure)
+
+
+# ---------------------------------------------------------------- headline numbers as text, fixed layout on redraw
+
+
+def test_every_explorer_shows_its_headline_number_as_text():
+    """The numbers the README and the app's text promise, beside the plots (not only inside them)."""
+    weights, accumulation = widgets.WeightExplorer(), widgets.AccumulationExplorer()
+    assert "weighs 8.75× one of the longest" in weights.headline.value
+    assert "26.8%" in accumulation.headline.value
+    accumulation.normalization.value = "global"
+    assert "0.0%" in accumulation.headline.value and "exact" in accumulation.headline.value
+    formats = widgets.FormatsExplorer()
+    assert f"{formats.state['split_over_multiturn_tokens']:.2f}× the tokens" in formats.headline.value
+    assert "packed" in formats.headline.value and "%" in formats.headline.value
+    weights.set(family="uniform", short_mean=30, long_mean=4)  # invalid: the headline goes with the figures
+    assert weights.headline.value == ""
+
+
+def test_dashboard_tab_labels_fit_their_tabs():
+    titles = widgets.Dashboard(n_conversations=4).widget.titles
+    assert all(len(t) <= 18 for t in titles), titles  # ~144 px per tab in JupyterLab and Voilà
+
+
+@pytest.mark.parametrize("control, value", [("long_fraction", 0.5), ("scheme", "token-sum"), ("turns", 2),
+                                            ("layout", "split")])
+def test_a_redraw_with_the_first_layout_stays_readable(control, value):
+    """LayoutCache: the second figure reuses the first one's axes positions (no constrained layout) and still has
+    every tick labelled and no text cut off."""
+    from figure_checks import assert_readable
+
+    from lossreduce_demo.plots import LayoutCache
+
+    app, cache = widgets.WeightExplorer(), LayoutCache()
+    for name, fig in app.figures.items():
+        assert_readable(fig)  # drawn with constrained layout
+        cache.remember(name, fig)
+    app.set(**{control: value})
+    for name, fig in app.figures.items():
+        reused = cache.reuse(name, fig)
+        assert reused == (name != "heatmap"), name  # the heatmap has a colour bar: laid out afresh
+        assert_readable(fig)
