@@ -153,6 +153,7 @@ class _App(abc.ABC):
             if self.button is None:
                 raise
             self.state, self.figures = {"message": f"Failed: {type(error).__name__}: {error}"}, {}
+            self.headline.value = ""
             self.message.value = (f"<b style='color:#D55E00'>⚠ Failed:</b> {_escape(type(error).__name__)}: "
                                   f"{_escape(error)}")
             self._draw()
@@ -703,5 +704,6 @@ class RLTrainingApp(_App):
             rl.train_policy(self.task, cfg, self.seed, self._start, callback=on_step, progress=False)
         notes.append("done: click again to re-run from the same warm start")
         curves = pd.DataFrame(rows)
-        return {"curves": curves}, lambda: {"ratio": rl_plots.ratio_curves(curves)}
+        headline = "π(long wrong) / π(short wrong) " + rl_plots.matched_reward_title(curves)
+        return {"curves": curves, "headline": headline}, lambda: {"ratio": rl_plots.ratio_curves(curves)}
 

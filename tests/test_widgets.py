@@ -293,3 +293,22 @@ def test_a_redraw_with_the_first_layout_stays_readable(control, value):
         reused = cache.reuse(name, fig)
         assert reused == (name != "heatmap"), name  # the heatmap has a colour bar: laid out afresh
         assert_readable(fig)
+
+
+def test_rl_train_click_prints_the_ratio_at_matched_reward(monkeypatch):
+    """Notebook 05's Train path with a stand-in trainer: the headline gives each recipe's ratio at matched reward."""
+    from lossreduce_demo import rl
+
+    monkeypatch.setattr(rl, "warm_start", lambda task, seed: "start")
+
+    def fake_train(task, cfg, seed, start, callback, progress):
+        top = {"seq-mean-token-mean": 3.0}.get(cfg.scheme, 1.0)
+        for step in range(6):
+            callback(step, {"step": step, "expected_reward": 0.2 + 0.1 * step,
+                            "long_short_wrong_ratio": 1 + (top - 1) * step / 5}, None)
+
+    monkeypatch.setattr(rl, "train_policy", fake_train)
+    app = widgets.RLTrainingApp(rl.E6_TASK)
+    app.draw_figures = False
+    app.button.click()
+    assert "at matched reward 0.70: GRPO 3" in app.headline.value and "done" in app.message.value
