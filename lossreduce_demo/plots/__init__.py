@@ -91,29 +91,47 @@ def readable_log_scale(ax, which: str = "y") -> None:
 
 class LayoutCache:
     """Constrained layout once, fixed layout after: a widget redraws the same kind of figure on every change, and
-    constrained layout is ~40 % of a redraw. `reuse(name, fig)` gives a new figure the axes positions its
-    predecessor of the same name ended up with (same size, same number of axes), `remember(name, fig)` records them
-    after a figure was drawn. A figure of another shape is laid out afresh."""
+    constrained layout is a large part of a redraw. `reuse(name, fig)` gives a new figure the axes positions its
+    predecessor of the same name got from constrained layout — when the figure has the same size and axes and no
+    tick label or axis label is longer than then (so nothing can be pushed off the edge); `remember(name, fig)`
+    records them after a figure was drawn. Anything else is laid out afresh."""
 
     def __init__(self):
-        self._positions: dict = {}
+        self._layouts: dict = {}
 
     @staticmethod
     def _shape(fig) -> tuple:
         return tuple(round(float(v), 3) for v in fig.get_size_inches()), len(fig.axes)
 
+    @staticmethod
+    def _text_widths(fig) -> list[int]:
+        """Characters of the longest tick label of every axis and of every axis label (computed, not drawn)."""
+        widths = []
+        for ax in fig.axes:
+            for axis in (ax.xaxis, ax.yaxis):
+                lo, hi = sorted(axis.get_view_interval())
+                ticks = [t for t in axis.get_major_locator()() if lo <= t <= hi]
+                labels = axis.get_major_formatter().format_ticks(ticks) if ticks else []
+                widths += [max((len(str(label)) for label in labels), default=0), len(axis.get_label_text())]
+        return widths
+
     def reuse(self, name: str, fig) -> bool:
-        shape, positions = self._positions.get(name, (None, None))
+        shape, widths, positions = self._layouts.get(name, (None, None, None))
         if shape != self._shape(fig) or any(ax.get_label() == "<colorbar>" for ax in fig.axes):
-            return False  # another shape, or a colour bar whose tick labels change width with the scale
+            return False  # another shape, or a colour bar (its scale moves its label)
+        if any(new > old for new, old in zip(self._text_widths(fig), widths)):
+            return False
         fig.set_layout_engine("none")
         for ax, position in zip(fig.axes, positions):
             ax.set_position(position)
         return True
 
     def remember(self, name: str, fig) -> None:
-        if fig.get_layout_engine() is not None:  # laid out by constrained layout: these positions are good
-            self._positions[name] = (self._shape(fig), [ax.get_position(original=False) for ax in fig.axes])
+        from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+        if isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine):  # positions from constrained layout
+            self._layouts[name] = (self._shape(fig), self._text_widths(fig),
+                                   [ax.get_position(original=False) for ax in fig.axes])
 
 
 def show(fig) -> None:
