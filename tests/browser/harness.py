@@ -167,12 +167,120 @@ def wait_for_new_image(output, old_src: str, timeout: float = 30_000) -> str:
 
 
 def nudge_slider(slider) -> tuple[str, str]:
-    """Move an ipywidgets slider one step with the keyboard on its handle, as a user would; (old, new) value."""
+    """Move an ipywidgets slider one step with the keyboard on its handle, as a user would; (old, new) value.
+    The key press is repeated (up to 3 times) if a redraw took the focus away before it landed."""
     from playwright.sync_api import expect
 
     handle = slider.locator(".noUi-handle").first
     old = handle.get_attribute("aria-valuenow")
-    handle.focus()
-    handle.press("ArrowLeft" if old == handle.get_attribute("aria-valuemax") else "ArrowRight")
-    expect(handle).not_to_have_attribute("aria-valuenow", old)
+    key = "ArrowLeft" if old == handle.get_attribute("aria-valuemax") else "ArrowRight"
+    for attempt in range(3):
+        handle.focus()
+        handle.press(key)
+        try:
+            expect(handle).not_to_have_attribute("aria-valuenow", old, timeout=3_000)
+            break
+        except AssertionError:
+            if attempt == 2:
+                raise
     return old, handle.get_attribute("aria-valuenow")
+
+
+# Generic widget driving: every control of a cell is found, moved or clicked, and the cell's view must change.
+
+CONTROLS = {  # kind -> CSS selector of one control (ipywidgets 8 DOM)
+    "slider": ".widget-slider",
+    "dropdown": ".widget-dropdown select",
+    "toggle-buttons": ".widget-toggle-buttons",
+    "checkbox": ".widget-checkbox input[type=checkbox]",
+    "select-multiple": ".widget-select-multiple select",
+    "button": "button.widget-button",
+}
+VIEW_SIGNATURE = """cell => {
+  const hash = s => { let h = 2166136261; for (let i = 0; i < s.length; i += 7) h = Math.imul(h ^ s.charCodeAt(i), 16777619); return `${s.length}:${h >>> 0}`; };
+  const images = [...cell.querySelectorAll('.widget-output img, .jp-OutputArea-output img')].map(img => hash(img.src));
+  const texts = [...cell.querySelectorAll('.widget-output, .widget-html, div.widget-label')].map(e => e.innerText);
+  return JSON.stringify([images, texts]);
+}"""  # what a reader sees change: the images (hashed) and the texts of outputs, HTML and label widgets
+ERROR_TEXT = """cell => [...cell.querySelectorAll('.jp-OutputArea-output, .widget-html, .widget-label')]
+  .map(e => e.innerText).filter(t => /Traceback|Error:|Exception|⚠/.test(t)).join('\\n')"""
+READOUTS = """cell => [...cell.querySelectorAll('.widget-readout, select, input')].map(e =>
+  e.tagName === 'SELECT' ? [...e.selectedOptions].map(o => o.value).join(',')
+  : e.type === 'checkbox' ? String(e.checked) : (e.value ?? e.innerText)).join('|')"""  # every control's value
+
+
+@dataclass
+class Control:
+    kind: str
+    locator: object  # a playwright Locator
+    label: str
+
+
+def controls_in(cell) -> list[Control]:
+    """The enabled, visible controls of a cell, in DOM order of kinds (buttons last: they may train)."""
+    found = []
+    for kind, selector in CONTROLS.items():
+        items = cell.locator(selector)
+        for i in range(items.count()):
+            item = items.nth(i)
+            if not item.is_visible():
+                continue
+            if kind == "slider":
+                disabled = item.locator(".noUi-target[disabled], .noUi-handle[disabled]").count() > 0
+            elif kind == "toggle-buttons":
+                disabled = item.locator("button:not([disabled]):not(.mod-active)").count() == 0
+            else:
+                disabled = item.is_disabled()
+            if disabled or (kind == "button" and "widget-toggle-button" in (item.get_attribute("class") or "")):
+                continue
+            label = item.evaluate("e => (e.closest('.widget-inline-hbox')?.querySelector('.widget-label')?.innerText"
+                                  " || e.innerText || '').trim()")
+            found.append(Control(kind, item, f"{kind} '{label[:40]}'"))
+    return found
+
+
+def operate(control: Control) -> None:
+    """Change the control one step, as a user would: a slider by one key press, the next option of a menu, another
+    toggle button, the checkbox flipped, one more option selected, the button clicked."""
+    item = control.locator
+    if control.kind == "slider":
+        nudge_slider(item)
+    elif control.kind == "dropdown":
+        options = item.evaluate("s => [...s.options].map(o => o.value)")
+        current = item.evaluate("s => s.value")
+        item.select_option(options[(options.index(current) + 1) % len(options)])
+    elif control.kind == "toggle-buttons":
+        item.locator("button:not([disabled]):not(.mod-active)").first.click()
+    elif control.kind == "checkbox":
+        item.click()
+    elif control.kind == "select-multiple":
+        options = item.evaluate("s => [...s.options].map(o => [o.value, o.selected])")
+        chosen = [v for v, selected in options if selected]
+        extra = next((v for v, selected in options if not selected), None)
+        item.select_option(chosen + [extra] if extra is not None else chosen[:-1])
+    elif control.kind == "button":
+        item.click()
+    else:
+        raise ValueError(control.kind)
+
+
+def wait_for_view_change(page, cell, before: str, started: float, timeout_s: float, settle_s: float = 0.6) -> dict:
+    """Wait until the cell's view changed from `before` — its images, when it shows images (a new headline alone is
+    not the new view), else its texts — and then held still for `settle_s` (a redraw of several figures arrives in
+    parts). Returns seconds from `started` to the first new image and to the settled view."""
+    images_before = json.loads(before)[0]
+    expect_image = bool(images_before) or cell.locator(".widget-output").count() > 0  # an Output will show one
+    deadline = started + timeout_s
+    current, first_image, last_change = before, None, None
+    while time.monotonic() < deadline:
+        now_sig = cell.evaluate(VIEW_SIGNATURE)
+        now = time.monotonic()
+        if now_sig != current:
+            images = json.loads(now_sig)[0]
+            if first_image is None and (images and images != images_before if expect_image else True):
+                first_image = now
+            current, last_change = now_sig, now
+        elif first_image is not None and now - last_change >= settle_s:
+            return {"first_image_s": round(first_image - started, 3), "settled_s": round(last_change - started, 3)}
+        time.sleep(0.03)
+    raise TimeoutError(f"the view did not {'settle' if first_image else 'change'} within {timeout_s:.0f} s")

@@ -1,4 +1,5 @@
-"""The notebooks' widgets in a real JupyterLab: Run All, move a slider, click the training button."""
+"""Widget semantics beyond "it responds" in a real JupyterLab (every control of every notebook responding is
+test_notebooks.py): notebook 07's framework explorer follows the library's own option names."""
 
 from __future__ import annotations
 
@@ -45,46 +46,6 @@ def run_all(page, timeout_s: float) -> None:
     if not_run:
         errors = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
         pytest.fail(f"code cells {not_run} did not run; prompts {prompts}\n" + "\n".join(errors.all_inner_texts()))
-
-
-def test_weight_explorer_slider_redraws_plot(page, lab, screenshots):
-    open_notebook(page, lab, "02_reduction_schemes.ipynb")
-    page.screenshot(path=screenshots / "lab_02_1_opened.png")
-    run_all(page, timeout_s=60)
-
-    cell = page.locator(".jp-CodeCell").filter(has=page.locator(".widget-slider")).filter(
-        has=page.locator(".widget-output img")).first
-    output = cell.locator(".widget-output").first
-    before = image_src(output)
-    cell.scroll_into_view_if_needed()
-    page.screenshot(path=screenshots / "lab_02_2_ran_all.png")
-
-    old, new = nudge_slider(cell.locator(".widget-slider").first)
-    after = wait_for_new_image(output, before)
-    cell.scroll_into_view_if_needed()
-    page.screenshot(path=screenshots / "lab_02_3_slider_moved.png")
-    assert old != new and after != before and after.startswith("data:image/png")
-
-
-def test_training_button_shows_result(page, lab, screenshots):
-    from playwright.sync_api import expect
-
-    open_notebook(page, lab, "04_training_tiny_gpt.ipynb")
-    run_all(page, timeout_s=90)
-    train = re.compile("train", re.I)
-    cell = page.locator(".jp-CodeCell").filter(has=page.locator(".widget-button").filter(has_text=train)).first
-    cell.scroll_into_view_if_needed()
-    page.screenshot(path=screenshots / "lab_04_1_ran_all.png")
-
-    before = cell.evaluate(OUTPUT_IMAGES)
-    cell.locator(".widget-button").filter(has_text=train).first.click()
-    page.wait_for_function(f"([cell, before]) => ({OUTPUT_IMAGES})(cell).some(src => !before.includes(src))",
-                           arg=[cell.element_handle(), before], timeout=90_000)
-    expect(cell).to_contain_text(re.compile(r"trained in [\d.]+ s"), timeout=60_000)  # the app's status line
-    cell.scroll_into_view_if_needed()
-    page.screenshot(path=screenshots / "lab_04_2_trained.png")
-    new = [src for src in cell.evaluate(OUTPUT_IMAGES) if src not in before]
-    assert new and all(src.startswith("data:image/png") for src in new)
 
 
 def test_framework_explorer_dropdowns_and_slider_redraw_the_weights(page, lab, screenshots):

@@ -1,0 +1,151 @@
+"""Every widget of every notebook in a real JupyterLab: Run All, then each control of each widget cell is moved or
+clicked, and the cell's figures or numbers must change with no error text. Discovered, not listed: a notebook added to
+notebooks/ (NN_name.ipynb) is covered as it lands. Each notebook's key figure is screenshotted to build/screenshots/
+(lab_NN_key.png) and each widget cell after its controls moved (lab_NN_widget_K.png); the time from a control change
+to the settled new view is written to build/browser-logs/widget_latency.json (measured, not asserted: a shared
+machine makes any bound flaky; bench/widget_latency.py measures the Python side)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+from harness import (
+    ERROR_TEXT,
+    LOGS,
+    READOUTS,
+    VIEW_SIGNATURE,
+    controls_in,
+    operate,
+    wait_for_view_change,
+)
+
+from lossreduce_demo.site import suite_order
+
+pytestmark = pytest.mark.browser
+
+LESSONS = [p for p in suite_order() if re.match(r"\d+_", p.name)]  # the app is driven in Voilà (test_voila.py)
+KEY_FIGURE = {  # notebook -> text of the cell whose output is its key figure (default: the first widget, else image)
+    "00_start_here": "plots.token_strip(chat)",
+    "01_formats_and_masks": "plots.layout_diagrams(batches)",
+    "03_accumulation_and_data_parallel": "plots.plot_dp_gradient_errors(frame)",
+    "04_training_tiny_gpt": 'figs["p_long"]',
+    "05_rl_length_bias": "rl_plots.ratio_curves(e6_steps)",
+    "06_your_own_data": "plots.weight_vs_length(profiles)",
+}
+PROMPTS = "() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')].map(e => e.textContent)"
+STARTED = f"() => ({PROMPTS})().some(t => /\\[(\\*|\\d+)\\]/.test(t))"
+FINISHED = f"() => !({PROMPTS})().some(t => t.includes('*'))"
+KERNEL_IDLE = """() => {
+  const kernel = document.querySelector('.jp-Toolbar-kernelName');
+  const status = document.querySelector('.jp-Notebook-ExecutionIndicator');
+  return kernel && !kernel.textContent.includes('No Kernel') && status && status.dataset.status === 'idle';
+}"""  # before the kernel starts the indicator already reads idle, next to "No Kernel"
+ANALYTIC_TIMEOUT_S, BUTTON_TIMEOUT_S = 60, 240  # a button may train (fast mode: seconds to a minute under load)
+
+
+def open_notebook(page, lab, name: str) -> None:
+    """Open `name` in a fresh workspace and wait until its kernel is started and idle."""
+    page.goto(lab.notebook_url(name))
+    page.locator(".jp-Notebook .jp-CodeCell").first.wait_for()
+    page.wait_for_function(KERNEL_IDLE, timeout=90_000)
+
+
+def run_all(page, timeout_s: float) -> None:
+    """Run > Run All Cells from the menu (once more if the first click is ignored), then wait for every cell."""
+    for attempt in (1, 2):
+        page.keyboard.press("Escape")
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        try:
+            page.wait_for_function(STARTED, timeout=10_000)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+    page.wait_for_function(FINISHED, timeout=timeout_s * 1000)
+    prompts = [p.strip() for p in page.evaluate(PROMPTS)]
+    not_run = [i for i, p in enumerate(prompts) if not re.fullmatch(r"\[\d+\]:", p)]
+    errors = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').all_inner_texts()
+    errors = [e for e in errors if "Traceback" in e or "Error" in e]
+    if not_run or errors:
+        pytest.fail(f"code cells {not_run} did not run; prompts {prompts}\n" + "\n".join(errors))
+
+
+def key_figure_cell(page, stem: str):
+    cells = page.locator(".jp-CodeCell")
+    if stem in KEY_FIGURE:
+        return cells.filter(has_text=KEY_FIGURE[stem]).first
+    widget = cells.filter(has=page.locator(".widget-output img"))
+    return widget.first if widget.count() else cells.filter(has=page.locator(".jp-OutputArea-output img")).first
+
+
+def shut_down_kernels(page, lab) -> None:
+    """Free the notebook's kernel (~350 MB, and CPU) before the next notebook opens."""
+    sessions = page.request.get(f"{lab.url}/api/sessions?token={lab.token}").json()
+    for session in sessions:
+        page.request.delete(f"{lab.url}/api/sessions/{session['id']}?token={lab.token}")
+
+
+def record_latencies(stem: str, rows: list[dict]) -> None:
+    path = LOGS / "widget_latency.json"
+    LOGS.mkdir(parents=True, exist_ok=True)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[stem] = rows
+    path.write_text(json.dumps(data, indent=1))
+
+
+def drive_controls(page, cell, stem: str, k: int) -> list[dict]:
+    """Operate every control of a widget cell; the view must change and show no error. In a cell without outputs or
+    labels, and for the settings of a training app (which apply on the button's click), the control's own value
+    must change instead. Returns one latency row per control."""
+    rows = []
+    has_view = cell.locator(".widget-output, .widget-html, div.widget-label").count() > 0  # label.widget-label: a description
+    controls = controls_in(cell)
+    trains = any(c.kind == "button" for c in controls)  # settings of a training app take effect on the click
+    for control in controls:
+        control.locator.scroll_into_view_if_needed()
+        follows_view = has_view and (control.kind == "button" or not trains)
+        before = cell.evaluate(VIEW_SIGNATURE if follows_view else READOUTS)
+        operate(control)
+        started = time.monotonic()  # the control has its new value (a slider's retried key press not counted)
+        timeout = BUTTON_TIMEOUT_S if control.kind == "button" else ANALYTIC_TIMEOUT_S
+        if follows_view:
+            try:
+                times = wait_for_view_change(page, cell, before, started, timeout)
+            except TimeoutError as error:
+                pytest.fail(f"{stem}, widget cell {k}: {control.label}: {error}")
+        else:
+            page.wait_for_function(f"([cell, before]) => ({READOUTS})(cell) !== before",
+                                   arg=[cell.element_handle(), before], timeout=timeout * 1000)
+            times = {"first_image_s": None, "settled_s": round(time.monotonic() - started, 3)}
+        errors = cell.evaluate(ERROR_TEXT)
+        assert not errors, f"{stem}, widget cell {k}: {control.label} shows an error:\n{errors}"
+        rows.append({"cell": k, "control": control.label, "kind": control.kind, **times})
+    return rows
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
+def test_every_widget_responds_without_errors(page, lab, screenshots, path):
+    stem = path.stem
+    page.set_viewport_size({"width": 1400, "height": 2400})  # tall: element screenshots of whole outputs
+    try:
+        open_notebook(page, lab, path.name)
+        run_all(page, timeout_s=300)
+        key = key_figure_cell(page, stem)
+        key.scroll_into_view_if_needed()
+        key.locator(".jp-Cell-outputArea").screenshot(path=screenshots / f"lab_{stem[:2]}_key.png")
+        cells = page.locator(".jp-CodeCell").filter(has=page.locator(".jupyter-widgets"))
+        rows = []
+        for k in range(cells.count()):
+            cell = cells.nth(k)
+            if not controls_in(cell):
+                continue
+            rows += drive_controls(page, cell, stem, k)
+            cell.locator(".jp-Cell-outputArea").screenshot(path=screenshots / f"lab_{stem[:2]}_widget_{k}.png")
+        record_latencies(stem, rows)
+        print(f"{stem}: {len(rows)} controls, " + ", ".join(f"{r['control']} {r['settled_s']:.2f} s" for r in rows))
+    finally:
+        shut_down_kernels(page, lab)
