@@ -329,7 +329,7 @@ def windows(batch: Batch, scheme: Scheme, plan: Plan) -> dict[tuple, tuple[Schem
             rows.setdefault(plan.window(mb), []).extend(mb.rows)
     out = {}
     for key, window_rows in rows.items():
-        window = batch.select(window_rows)
+        window = batch if len(window_rows) == batch.tokens.shape[0] else batch.select(window_rows)
         fixed = with_length_ref(window, scheme) if scheme.length_ref is None else scheme
         out[key] = (fixed, batch_stats(window, fixed))
     return out
@@ -353,7 +353,7 @@ def micro_batches(batch: Batch, scheme, plan: Plan = FULL_BATCH) -> Iterator[tup
     pooled = windows(batch, scheme, plan)
     for mb in plan.deal(batch.tokens.shape[0]):
         if mb.rows:
-            micro = batch.select(list(mb.rows)).trimmed()
+            micro = batch if len(mb.rows) == batch.tokens.shape[0] else batch.select(list(mb.rows)).trimmed()
             fixed, stats = pooled[plan.window(mb)]
             yield mb, micro, micro_batch_weights(micro, fixed, plan, stats) / plan.ranks  # DDP averages ranks
 

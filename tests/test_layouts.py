@@ -326,7 +326,7 @@ def test_layout_waste_counts_are_consistent():
     w = {name: layout_waste(make_layout(convs, name, row_len=128)) for name in LAYOUTS}
     for x in w.values():
         assert x["slots"] == x["rows"] * x["row_len"]
-        assert 0 <= x["padding_fraction"] < 1
+        assert x["padding_fraction"] == pytest.approx(1 - x["tokens"] / x["slots"], rel=1e-12)
         assert x["tokens_per_loss_token"] == pytest.approx(x["tokens"] / x["loss_tokens"])
         assert x["slots_per_loss_token"] >= x["tokens_per_loss_token"]
     assert len({x["loss_tokens"] for x in w.values()}) == 1  # every layout trains on the same tokens
