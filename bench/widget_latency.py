@@ -3,7 +3,7 @@
 Levels per view: state only (the numbers), + building the figures, + rendering them to PNG (what the notebook
 frontend receives) with constrained layout on every redraw, and as the apps draw: the layout of the first draw
 reused (plots.LayoutCache). Target: a whole update (state, figures, PNG) ≤ 300 ms on a quiet laptop; the browser
-test (tests/browser/test_notebooks.py) measures control change → new image end to end.
+test (tests/browser/test_notebook_widgets.py) measures control change → new image end to end.
 Run: `.venv/bin/python bench/widget_latency.py` (last line: JSON).
 """
 

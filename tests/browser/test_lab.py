@@ -1,5 +1,5 @@
 """Widget semantics beyond "it responds" in a real JupyterLab (every control of every notebook responding is
-test_notebooks.py): notebook 07's framework explorer follows the library's own option names."""
+test_notebook_widgets.py): notebook 07's framework explorer follows the library's own option names."""
 
 from __future__ import annotations
 
