@@ -225,3 +225,10 @@ def test_notebooks_reach_data_files_only_through_data_path():
         cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
         code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
         assert not re.search(r"""["'](\.\./)?data/""", code), path.name
+
+
+def test_test_module_names_are_unique():
+    """pytest (rootdir import mode) cannot collect two test modules with one basename, e.g. tests/x.py and
+    tests/browser/x.py: the whole run stops at collection."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
