@@ -34,6 +34,7 @@ from .tokenizer import ROLE_CODES, RenderedChat, render
 LAYOUTS = ("split", "multiturn", "packed")
 CONTAMINATED = "packed-causal"
 ALL_LAYOUTS = LAYOUTS + (CONTAMINATED,)
+PACKED_LAYOUTS = ("packed", CONTAMINATED)  # several conversations per fixed-length row
 MAX_TOKENS = 1 << 22  # rendered tokens of all conversations of one layout (4,194,304)
 MAX_SLOTS = 1 << 22  # padded rows × row length of one layout
 

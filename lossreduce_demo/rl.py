@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import ratios
 from .config import pick
 from .layouts import Batch, multiturn_layout
 from .model import GPT, GPTConfig, KVCache
@@ -139,6 +140,7 @@ ALGORITHMS = {
     "Dr. GRPO": ("seq-mean-token-sum-norm", "dr_grpo", 0.2),
 }
 ADVANTAGES = ("grpo", "dr_grpo")
+RATIO_RULES = ("token", "gspo", "cispo")  # lossreduce_demo.ratios (E10)
 # Adam divides each parameter's update by its own running RMS, so the weight map's overall scale (Σw) no longer sets
 # the step size (as in E5): one learning rate serves every recipe. What else it changes: README, notebook 05.
 ADAM_LR = 1e-3
@@ -156,7 +158,9 @@ class RLConfig:
     lr: float = 0.02  # learning rate
     optimizer: str = "sgd"  # sgd, or adam (AdamW without weight decay; README: what Adam changes)
     updates_per_batch: int = 1  # >1: PPO-style re-use of a batch, with ratio clipping
-    clip_eps: float = 0.2  # PPO ratio clip
+    clip_eps: float = 0.2  # PPO ratio clip (the lower bound 1 - clip_eps; CISPO: math.inf = none)
+    clip_eps_high: float | None = None  # GSPO / CISPO upper bound 1 + clip_eps_high (None: clip_eps)
+    ratio: str = "token"  # token: PPO clip per token; gspo: one ratio per response; cispo: clipped weight (E10)
     temperature: float = 1.0
 
     def __post_init__(self):
@@ -165,6 +169,8 @@ class RLConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose sgd or adam")
         if self.advantage not in ADVANTAGES:
             raise ValueError(f"unknown advantage {self.advantage!r}; choose one of {', '.join(ADVANTAGES)}")
+        if self.ratio not in RATIO_RULES:
+            raise ValueError(f"unknown ratio {self.ratio!r}; choose one of {', '.join(RATIO_RULES)}")
         for name in ("steps", "groups", "group_size", "updates_per_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RLConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -361,25 +367,34 @@ def rl_loss(logp: torch.Tensor, old_logp: torch.Tensor, batch: Batch, rewards: t
     """The RL loss of one batch of groups: advantages -> per-token policy-gradient loss -> the weight map.
     logp, old_logp: (B, T-1) log-probabilities of each next token now and when sampled; rewards: (B,), by group."""
     adv = group_advantages(rewards.view(-1, cfg.group_size), cfg.advantage).flatten()  # (B,)
-    per_token = clipped_pg_loss(logp, old_logp, adv[:, None], cfg.clip_eps)  # (B, T-1)
     w = rl_token_weights(batch, cfg.scheme, budget)[:, 1:]  # (B, T-1): GRPO, DAPO or Dr. GRPO, 0 off responses
+    if cfg.ratio != "token":  # E10: GSPO's sequence-level objective, or CISPO's clipped-weight loss
+        mask, high = batch.loss_mask[:, 1:], cfg.clip_eps if cfg.clip_eps_high is None else cfg.clip_eps_high
+        if cfg.ratio == "gspo":
+            return ratios.gspo_loss(logp, old_logp, adv, mask, cfg.clip_eps, high)
+        return (w * ratios.cispo_loss(logp, old_logp, adv, mask, high, cfg.clip_eps)).sum()
+    per_token = clipped_pg_loss(logp, old_logp, adv[:, None], cfg.clip_eps)  # (B, T-1)
     return (w * per_token).sum()
 
 
 def rl_step(policy: GPT, opt: torch.optim.Optimizer, task: Task, cfg: RLConfig,
-            generator: torch.Generator) -> dict:
-    """One on-policy step: sample, score, advantages, weighted clipped PG loss, update. Returns metrics."""
+            generator: torch.Generator, on_update=None) -> dict:
+    """One on-policy step: sample, score, advantages, weighted clipped PG loss, update. Returns metrics.
+    `on_update(k, logp, old_logp, advantage, mask)` sees every update k = 1.. of the batch before its backward."""
     n = cfg.groups * cfg.group_size
     responses = sample_responses(policy, task, n, generator, cfg.temperature)
     names = [classify(task, r) for r in responses]
     rewards = torch.tensor([reward_of(task, k) for k in names], dtype=torch.float32)
     batch = response_batch(task.prompt_tokens, responses)
     old_logp = None
-    for _ in range(cfg.updates_per_batch):  # > 1: PPO-style re-use of the batch, ratios clipped
+    for update in range(1, cfg.updates_per_batch + 1):  # > 1: PPO-style re-use of the batch, ratios clipped
         logits, ce = policy(**batch.model_inputs())
         logp = -ce  # (B, T-1) log pi of each next token; 0 off the responses
         if old_logp is None:  # the policy that sampled the batch
             old_logp, entropy = logp.detach(), token_entropy(logits.detach())
+        if on_update is not None:
+            adv = group_advantages(rewards.view(-1, cfg.group_size), cfg.advantage).flatten()
+            on_update(update, logp.detach(), old_logp, adv, batch.loss_mask[:, 1:])
         loss = rl_loss(logp, old_logp, batch, rewards, cfg, task.budget)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -423,7 +438,7 @@ def make_optimizer(policy: GPT, cfg: RLConfig) -> torch.optim.Optimizer:
 
 
 def train_policy(task: Task, cfg: RLConfig, seed: int, policy: GPT | None = None, callback=None,
-                 progress: bool = True) -> pd.DataFrame:
+                 progress: bool = True, on_update=None) -> pd.DataFrame:
     """RL from a warm-started policy (copied, never changed; default: `warm_start(task, seed)`).
 
     Returns tidy per-step metrics (step, metric, value); step 0 is the warm start. The row of step s holds the
@@ -438,7 +453,7 @@ def train_policy(task: Task, cfg: RLConfig, seed: int, policy: GPT | None = None
     bar = tqdm(range(1, cfg.steps + 1), desc=f"{task.name} {cfg.scheme} seed {seed}", leave=False,
                disable=not progress)
     for step in bar:
-        sampled = rl_step(policy, opt, task, cfg, generator)
+        sampled = rl_step(policy, opt, task, cfg, generator, on_update)
         rows[-1].update(sampled)  # what the policy *before* the update produced
         rows.append(dict(step=step, **policy_metrics(policy, task)))
         if callback is not None:

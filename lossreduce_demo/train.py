@@ -30,7 +30,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .layouts import LAYOUTS, Batch, make_layout, packed_layout, token_losses
+from .layouts import (
+    ALL_LAYOUTS,
+    PACKED_LAYOUTS,
+    Batch,
+    make_layout,
+    packed_layout,
+    rows_as_samples,
+    token_losses,
+)
 from .model import GPT, TINY, GPTConfig
 from .reductions import (
     LENGTH_BUCKETS,
@@ -110,14 +118,17 @@ class TrainConfig:
     model: GPTConfig = field(default_factory=lambda: TINY)
     dtype: str = "float32"  # float32 | float64 (E2's comparisons: rounding ~1e-16 instead of ~1e-7)
     progress: bool = True  # tqdm bar
+    sample_is_row: bool = False  # packed layouts: each row one sample, so seq-means are per-row means (E9)
 
     def __post_init__(self):
         for name in ("steps", "micro_batch_size", "grad_accum", "ranks", "eval_every"):
             _check_int("TrainConfig", name, getattr(self, name))
         if self.row_len is not None:
             _check_int("TrainConfig", "row_len", self.row_len)
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"unknown layout {self.layout!r}; choose one of {', '.join(LAYOUTS)}")
+        if self.layout not in ALL_LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r}; choose one of {', '.join(ALL_LAYOUTS)}")
+        if self.sample_is_row and self.layout not in PACKED_LAYOUTS:
+            raise ValueError(f"sample_is_row needs a packed layout ({', '.join(PACKED_LAYOUTS)}), not {self.layout!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.dtype not in DTYPES:
@@ -157,11 +168,11 @@ class TrainingData:
     """A dataset laid out once; `global_batch_at(step)` cuts the step's samples out cheaply."""
 
     def __init__(self, conversations, layout: str, global_batch: int, seed: int, max_len: int,
-                 row_len: int | None = None):
+                 row_len: int | None = None, sample_is_row: bool = False):
         self.layout, self.global_batch, self.max_len = layout, global_batch, max_len
-        self.row_len = row_len or max_len
+        self.row_len, self.sample_is_row = row_len or max_len, sample_is_row
         self.rendered = [render(c) for c in conversations]
-        if layout == "packed":
+        if layout in PACKED_LAYOUTS:
             self.full, self.n_samples = None, len(self.rendered)
             packed_layout(self.rendered, self.row_len)  # validates lengths once
         else:
@@ -181,8 +192,9 @@ class TrainingData:
 
     def global_batch_at(self, step: int) -> Batch:
         idx = self.samples(step)
-        if self.layout == "packed":
-            return packed_layout([self.rendered[i] for i in idx], self.row_len)
+        if self.layout in PACKED_LAYOUTS:
+            rows = make_layout([self.rendered[i] for i in idx], self.layout, row_len=self.row_len)
+            return rows_as_samples(rows) if self.sample_is_row else rows
         return self.full.select(idx).trimmed()
 
 
@@ -251,7 +263,7 @@ def train(
         raise ValueError("need at least one run")
     cfg = config
     data = data or TrainingData(conversations, cfg.layout, cfg.global_batch, cfg.seed, cfg.model.context_len + 1,
-                                cfg.row_len)
+                                cfg.row_len, cfg.sample_is_row)
     if data.global_batch != cfg.global_batch:
         raise ValueError(f"data was prepared for a global batch of {data.global_batch}, config needs {cfg.global_batch}")
     heldout_batch = make_layout(heldout, "multiturn", max_len=cfg.model.context_len + 1) if heldout else None

@@ -184,6 +184,29 @@ def _delta_l_curves() -> pd.DataFrame:
                          "noise_to_signal_per-token": 1 + 0.4 * a**2})
 
 
+def _e9_parts():
+    from lossreduce_demo.experiments.packing import LAYOUT_RUNS, per_row_weight_table
+
+    rows = [dict(metric="final_heldout_loss", format=layout, seed=0, value=v)
+            for layout, v in zip(LAYOUT_RUNS, (0.52, 0.521, 0.58))]
+    rows += [dict(metric="p_long", scheme=name, format="packed", seed=0, value=v, predicted=pred)
+             for name, v, pred in (("token-mean", 0.155, 0.162), ("seq-mean over conversations", 0.019, 0.0204),
+                                   ("per-row mean", 0.105, 0.114))]
+    curves = pd.DataFrame([dict(format=layout, seed=0, step=step, value=v + 2 * np.exp(-step / 30))
+                           for layout, v in zip(LAYOUT_RUNS, (0.52, 0.521, 0.58)) for step in range(10, 160, 10)])
+    return pd.DataFrame(rows), curves, per_row_weight_table(seed=6)
+
+
+def _e10_by_length() -> pd.DataFrame:
+    rows = []
+    for rule, zero in (("token", 0.03), ("gspo", 0.7), ("cispo", 0.0)):
+        for n in (4, 9, 18, 36):
+            rows.append(dict(rule=rule, seed=0, length=n, responses=40, tokens=40 * n, var_token_log_ratio=0.01,
+                             var_seq_log_ratio=0.01 * n**1.3, var_gspo_log_ratio=0.01 * n**-0.7,
+                             zero_token_fraction=0.03, zero_gspo_fraction=zero - 0.005 * n, zero_cispo_fraction=0.0))
+    return pd.DataFrame(rows)
+
+
 # name -> (make the figure, a pattern its text must contain: the headline number)
 CASES = {
     "token_strip": (lambda: plots.token_strip(synth.GEORGE_WASHINGTON), r"\d+ tokens, \d+ of them loss tokens"),
@@ -224,6 +247,8 @@ CASES = {
                                r"0\.\d\d"),
     "beyond.e8_figure": (lambda: beyond_plots.e8_figure(_e8_by_length(), _e8_steps(), _e8_curves(), _e8_profile()),
                          r"target 3\.17"),
+    "beyond.e9_figure": (lambda: beyond_plots.e9_figure(*_e9_parts()), r"pred\. 0\.114"),
+    "beyond.e10_figure": (lambda: beyond_plots.e10_figure(_e10_by_length()), r"slope \+1\.30"),
     "beyond.delta_l_figure": (lambda: beyond_plots.delta_l_figure(_e8_profile(), _delta_l_curves(), 1.0),
                               r"0\.65"),
 }

@@ -123,3 +123,30 @@ def test_statistics_by_length_from_hand_made_updates():
     assert two.zero_gspo_fraction == pytest.approx(2 / 4)
     assert two.zero_cispo_fraction == 0.0
     assert frame.loc[3, "zero_cispo_fraction"] == 0.0 and stats["zero_cispo"][2] == 3  # A = 0: no gradient at all
+
+
+def test_token_ppo_objective_by_hand():
+    old = torch.zeros(4, 1)
+    logp = torch.log(torch.tensor([[1.5], [1.5], [0.5], [0.5]])).requires_grad_()
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    mask = torch.ones(4, 1, dtype=torch.bool)
+    loss = ratios.token_ppo_loss(logp, old, adv, mask, 0.2, 0.2)
+    # -min(rho A, clip(rho) A): rho 1.5 -> clip 1.2; rho 0.5 -> clip 0.8
+    assert torch.allclose(loss[:, 0], torch.tensor([-1.2, 1.5, -0.5, 0.8]), atol=1e-6)
+    loss.sum().backward()
+    # clipped terms carry no gradient; unclipped ones d(-rho A)/dlogp = -rho A
+    assert torch.allclose(logp.grad[:, 0], torch.tensor([0.0, 1.5, -0.5, 0.0]), atol=1e-6)
+
+
+def test_on_policy_every_rule_is_the_plain_policy_gradient():
+    """At the first update (ρ = 1) token PPO and CISPO give d/d log π_t = −A per token, GSPO −A/n per token."""
+    logp = torch.log(torch.tensor([[0.3, 0.6], [0.2, 0.9]], dtype=torch.float64))
+    adv = torch.tensor([2.0, -1.0], dtype=torch.float64)
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    token = _logp_gradient(lambda x: ratios.token_ppo_loss(x, logp, adv, mask).sum(), logp)
+    cispo = _logp_gradient(lambda x: ratios.cispo_loss(x, logp, adv, mask).sum(), logp)
+    gspo = _logp_gradient(lambda x: ratios.gspo_loss(x, logp, adv, mask), logp)
+    expected = -adv[:, None].expand(2, 2)
+    torch.testing.assert_close(token, expected)
+    torch.testing.assert_close(cispo, expected)
+    torch.testing.assert_close(gspo, expected / (2 * 2))  # mean over 2 responses, 1/n over 2 tokens

@@ -29,6 +29,8 @@ REGISTRY: dict[str, str] = {
     "e6": "rl:run_e6",  # RL, DAPO analogue
     "e7": "rl:run_e7",  # RL, Dr. GRPO
     "e8": "gradient_noise:run_e8",  # gradient variance vs length, ΔL Normalization
+    "e9": "packing:run_e9",  # packing: attention contamination vs the per-row mean
+    "e10": "importance_ratios:run_e10",  # token vs sequence importance ratios (GSPO, CISPO)
 }
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 
 from . import PALETTE, new_figure, readable_log_scale, scheme_color
 
-__all__ = ["e8_figure", "variance_vs_length", "weight_profile", "family_variance", "delta_l_figure"]
+__all__ = ["e8_figure", "variance_vs_length", "weight_profile", "family_variance", "delta_l_figure", "e9_figure", "e10_figure"]
 
 
 def variance_vs_length(by_length: pd.DataFrame, ax=None):
@@ -136,4 +136,87 @@ def delta_l_figure(profile: pd.DataFrame, curves: pd.DataFrame, a: float):
     right.set_ylim(0, 1.7 * top)
     right.set_title("noise model: a = 1 is quietest for Σx = 1")
     right.legend(fontsize=7, frameon=False, loc="upper center")
+    return fig
+
+
+E9_WEIGHTINGS = ("token-mean", "seq-mean over conversations", "per-row mean")
+
+
+def e9_figure(table: pd.DataFrame, curves: pd.DataFrame, weights: pd.DataFrame):
+    """E9: held-out loss under the three layouts (left), a packed batch's weight per token ÷ token-mean's per
+    conversation (middle, `packing.per_row_weight_table`), learned P(long) per weighting with its prediction
+    (right). `table`: the E9 rows (experiments.COLUMNS)."""
+    fig, axes = new_figure(1, 3, width=15.5, height=4.0)
+    ax = axes[0, 0]
+    final = table[table.metric == "final_heldout_loss"].groupby("format").value.mean()
+    for i, (layout, sel) in enumerate(curves.groupby("format", sort=False)):
+        stats = sel.groupby("step").value.mean()
+        ax.plot(stats.index, stats.to_numpy(), color=PALETTE[i], label=f"{layout}: {final[layout]:.3f}",
+                linewidth=1.4, linestyle="--" if layout == "packed" else "-")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("held-out token-mean loss, unpacked (nats/token)")
+    ax.set_title("attention across conversations costs held-out loss")
+    ax.legend(fontsize=7, frameon=False, loc="upper right", title="final (mean of seeds)", title_fontsize=7)
+    ax = axes[0, 1]
+    x = np.arange(len(weights))
+    width = 0.8 / len(E9_WEIGHTINGS)
+    for j, name in enumerate(E9_WEIGHTINGS):
+        ratio = weights[name] / weights["token-mean"]
+        ax.bar(x + (j - 1) * width, ratio, width=width * 0.9, color=PALETTE[j], label=name)
+    ax.set_xticks(x, [f"r{r}{'L' if long else 'S'}" for r, long in zip(weights.row, weights.long)], fontsize=6)
+    ax.set_ylim(0, 1.3 * float((weights[list(E9_WEIGHTINGS)].div(weights["token-mean"], axis=0)).max().max()))
+    ax.set_xlabel("conversation (row, Long / Short reply)")
+    ax.set_ylabel("weight per token ÷ token-mean's")
+    ax.set_title("one packed batch: the per-row mean is neither")
+    ax.legend(fontsize=7, frameon=False, loc="upper left", ncol=3)
+    ax = axes[0, 2]
+    p = table[table.metric == "p_long"].groupby("scheme")[["value", "predicted"]].mean().loc[list(E9_WEIGHTINGS)]
+    ax.bar(np.arange(3), p.value, color=[PALETTE[j] for j in range(3)], alpha=0.85, width=0.6)
+    ax.plot(np.arange(3), p.predicted, "k_", markersize=18, markeredgewidth=2, label="predicted")
+    for j, (value, pred) in enumerate(zip(p.value, p.predicted)):
+        ax.text(j, max(value, pred) + 0.006, f"{value:.3f}\npred. {pred:.3f}", ha="center", fontsize=7)
+    ax.set_xticks(np.arange(3), list(E9_WEIGHTINGS), fontsize=8)
+    ax.set_ylim(0, 1.35 * float(p.max().max()))
+    ax.set_xlabel("weighting of packed rows")
+    ax.set_ylabel('learned P("L") at the branch')
+    ax.set_title("E1's branch, packed into rows of 129")
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    return fig
+
+
+RULE_LABELS = {"token": "token-level PPO (ε 0.2)", "gspo": "GSPO (ε 3e-4 / 4e-4)", "cispo": "CISPO (ε_high 0.2)"}
+
+
+def e10_figure(by_length: pd.DataFrame):
+    """E10: variance of the token, sequence and GSPO log-ratios against response length (log-log, one panel per
+    rule), and the fraction of tokens with zero gradient under each rule's own clipping (right).
+    `by_length`: ratios.statistics_by_length rows with `rule` and `seed` columns."""
+    rules = [r for r in RULE_LABELS if r in set(by_length.rule)]
+    fig, axes = new_figure(1, len(rules) + 1, width=4.4 * (len(rules) + 1), height=4.6)
+    quantities = (("var_token_log_ratio", "token δ_t", ":"), ("var_seq_log_ratio", "sequence Σδ_t", "-"),
+                  ("var_gspo_log_ratio", "GSPO mean δ_t", "--"))
+    for ax, rule in zip(axes[0], rules):
+        sel = by_length[by_length.rule == rule].groupby("length").mean(numeric_only=True)
+        for i, (column, text, style) in enumerate(quantities):
+            slope = np.polyfit(np.log(sel.index), np.log(sel[column]), 1)[0]
+            ax.plot(sel.index, sel[column], marker="o", linestyle=style, color=PALETTE[i],
+                    label=f"{text}: slope {slope:+.2f}")
+        readable_log_scale(ax, "x")
+        readable_log_scale(ax, "y")
+        ax.set_xlabel("response length n (tokens)")
+        ax.set_ylabel("variance of the log-ratio")
+        ax.set_title(RULE_LABELS.get(rule, rule))
+        ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    ax = axes[0, -1]
+    top = 0.0
+    for i, rule in enumerate(rules):
+        sel = by_length[by_length.rule == rule].groupby("length")[f"zero_{rule}_fraction"].mean()
+        ax.plot(sel.index, sel.to_numpy(), marker="o", color=PALETTE[i], label=f"{RULE_LABELS.get(rule, rule)}: "
+                f"{float(sel.mean()):.1%}")
+        top = max(top, float(sel.max()))
+    ax.set_ylim(0, max(1.5 * top, 0.05))
+    ax.set_xlabel("response length n (tokens)")
+    ax.set_ylabel("fraction of tokens (A ≠ 0) with zero gradient")
+    ax.set_title("which tokens each rule silences")
+    ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     return fig

@@ -78,3 +78,35 @@ def test_framework_explorer_dropdowns_and_slider_redraw_the_weights(page, lab, s
     cell.scroll_into_view_if_needed()
     page.screenshot(path=screenshots / "lab_07_2_megatron_default.png")
     assert old != new and len({before, after_framework, after_option, after_slider}) == 4
+
+
+def test_beyond_the_mean_slider_and_train_button(page, lab, screenshots):
+    """Notebook 08: move ΔL's a (the explorer redraws, its headline changes), then click Train (E10's three rules):
+    the ratio figure appears and the status names every rule's zero-gradient fraction."""
+    from playwright.sync_api import expect
+
+    open_notebook(page, lab, "08_beyond_the_mean.ipynb")
+    run_all(page, timeout_s=300)
+    explorer = page.locator(".jp-CodeCell").filter(has=page.locator(".widget-slider")).filter(
+        has=page.locator(".widget-output img")).first
+    output = explorer.locator(".widget-output").first
+    headline = explorer.locator(".widget-html").filter(has_text="step variance").first
+    text_before, before = headline.inner_text(), image_src(output)
+    explorer.scroll_into_view_if_needed()
+    page.screenshot(path=screenshots / "lab_08_1_ran_all.png")
+    old, new = nudge_slider(explorer.locator(".widget-slider").first)
+    expect(headline).not_to_have_text(text_before)
+    after = wait_for_new_image(output, before)
+    assert old != new and after != before
+
+    train = re.compile("train", re.I)
+    cell = page.locator(".jp-CodeCell").filter(has=page.locator(".widget-button").filter(has_text=train)).first
+    cell.scroll_into_view_if_needed()
+    images = cell.evaluate(OUTPUT_IMAGES)
+    cell.locator(".widget-button").filter(has_text=train).first.click()
+    expect(cell).to_contain_text(re.compile(r"done: zero-gradient tokens token [\d.]+%, gspo [\d.]+%, cispo 0\.0%"),
+                                 timeout=240_000)
+    page.wait_for_function(f"([cell, before]) => ({OUTPUT_IMAGES})(cell).some(src => !before.includes(src))",
+                           arg=[cell.element_handle(), images], timeout=60_000)
+    cell.scroll_into_view_if_needed()
+    page.screenshot(path=screenshots / "lab_08_2_trained.png")
