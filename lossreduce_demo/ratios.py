@@ -90,16 +90,19 @@ def zero_gradient_tokens(rule: str, logp, old_logp, advantage, mask, eps_low: fl
 CLIP_RANGES = {"token": (0.2, 0.2), "gspo": (3e-4, 4e-4), "cispo": (math.inf, 0.2)}  # (ε_low, ε_high) per rule
 
 
-def update_statistics(logp, old_logp, advantage, mask, clip_ranges=CLIP_RANGES) -> dict:
+def update_statistics(logp, old_logp, advantage, mask, clip_ranges=CLIP_RANGES, spread_mask=None) -> dict:
     """What one off-policy update sees, per response: its length, the log of its sequence ratio Σ_t δ_t and of
-    GSPO's mean_t δ_t, the sum and sum of squares of its token log-ratios, and for every rule the number of its
-    tokens with zero gradient. Plain lists of floats (one per response), for a tidy table."""
-    delta = log_ratios(logp, old_logp, mask)
+    GSPO's mean_t δ_t, the sum and sum of squares of its token log-ratios (all over `spread_mask`, default `mask`:
+    the tokens whose spread is measured), and for every rule the number of its tokens (of `mask`) with zero
+    gradient. Plain lists of floats (one per response), for a tidy table."""
+    spread_mask = mask if spread_mask is None else spread_mask
+    delta = log_ratios(logp, old_logp, spread_mask)
     lengths = mask.sum(1)
     out = dict(length=lengths.tolist(), advantage=advantage.tolist(),
-               seq_log_ratio=sequence_log_ratio(delta, mask).tolist(),
-               gspo_log_ratio=gspo_log_ratio(delta, mask).tolist(),
-               token_sum=(delta * mask).sum(1).tolist(), token_square_sum=(delta**2 * mask).sum(1).tolist())
+               spread_tokens=spread_mask.sum(1).tolist(),
+               seq_log_ratio=sequence_log_ratio(delta, spread_mask).tolist(),
+               gspo_log_ratio=gspo_log_ratio(delta, spread_mask).tolist(),
+               token_sum=(delta * spread_mask).sum(1).tolist(), token_square_sum=(delta**2 * spread_mask).sum(1).tolist())
     for rule, (low, high) in clip_ranges.items():
         out[f"zero_{rule}"] = zero_gradient_tokens(rule, logp, old_logp, advantage, mask, low, high).sum(1).tolist()
     return out
@@ -112,10 +115,10 @@ def statistics_by_length(responses) -> pd.DataFrame:
     frame = pd.DataFrame(responses)
     rows = []
     for length, g in frame.groupby("length"):
-        tokens = g.length.sum()
-        token_mean = g.token_sum.sum() / tokens
+        tokens, spread = g.length.sum(), g.spread_tokens.sum()
+        token_mean = g.token_sum.sum() / spread
         row = dict(length=int(length), responses=len(g), tokens=int(tokens),
-                   var_token_log_ratio=float(g.token_square_sum.sum() / tokens - token_mean**2),
+                   var_token_log_ratio=float(g.token_square_sum.sum() / spread - token_mean**2),
                    var_seq_log_ratio=float(g.seq_log_ratio.var()), var_gspo_log_ratio=float(g.gspo_log_ratio.var()))
         moving = g[g.advantage != 0]
         for column in [c for c in frame.columns if c.startswith("zero_")]:

@@ -43,3 +43,18 @@ def test_notebook_08_exercises_accept_the_solutions_and_reject_wrong_answers(cap
     assert nb08.check_1(0.8) and nb08.check_2(1 / 160) and nb08.check_3(1.188 ** 0.25)
     assert not nb08.check_1(0.5) and not nb08.check_2(1 / 125) and not nb08.check_3(1.188)
     assert nb08.check_1(None) is None and "Not answered" in capsys.readouterr().out
+
+
+def test_e9_and_e10_fast_runs_are_tidy_and_not_judged(tmp_path):
+    e9 = run_experiment("e9", seeds=1, out_dir=tmp_path)
+    assert set(e9.table[e9.table.metric == "mean_heldout_loss"].format) == {"multiturn", "packed", "packed-causal"}
+    p = e9.table[e9.table.metric == "p_long"].set_index("scheme").predicted
+    assert p["seq-mean over conversations"] < p["per-row mean"] < p["token-mean"]
+    e10 = run_experiment("e10", seeds=1, out_dir=tmp_path)
+    lengths = set(e10.table[e10.table.metric == "var_seq_log_ratio"].length.dropna().astype(int))
+    assert lengths <= {4, 9, 18, 36} and len(lengths) >= 2
+    cispo = e10.table[(e10.table.metric == "zero_cispo_fraction") & (e10.table.rule == "cispo")]
+    assert len(cispo) and (cispo.value == 0).all()  # CISPO never silences a token with an advantage
+    for result in (e9, e10):
+        assert list(result.table.columns[: len(COLUMNS)]) == COLUMNS and result.verdict.passed.isna().all()
+        assert result.png_path.stat().st_size > 10_000

@@ -187,7 +187,7 @@ def _delta_l_curves() -> pd.DataFrame:
 def _e9_parts():
     from lossreduce_demo.experiments.packing import LAYOUT_RUNS, per_row_weight_table
 
-    rows = [dict(metric="final_heldout_loss", format=layout, seed=0, value=v)
+    rows = [dict(metric="mean_heldout_loss", format=layout, seed=0, value=v)
             for layout, v in zip(LAYOUT_RUNS, (0.52, 0.521, 0.58))]
     rows += [dict(metric="p_long", scheme=name, format="packed", seed=0, value=v, predicted=pred)
              for name, v, pred in (("token-mean", 0.155, 0.162), ("seq-mean over conversations", 0.019, 0.0204),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import statistics
 
@@ -208,3 +209,23 @@ def test_adam_recipes_share_one_learning_rate_and_keep_an_explicit_one():
     assert len({cfg.lr for cfg in adam.values()}) == 1 and adam["GRPO"].lr in (rl.ADAM_LR, 2 * rl.ADAM_LR)
     assert rl.algorithm_config("DAPO", optimizer="adam", lr=3e-3).lr == 3e-3
     assert rl.algorithm_config("DAPO").lr != adam["DAPO"].lr  # SGD keeps its own per-recipe rate
+
+
+def test_ratio_rules_are_validated_and_each_trains_off_policy():
+    with pytest.raises(ValueError, match="unknown ratio"):
+        rl.RLConfig(ratio="ppo")
+    from lossreduce_demo.experiments import importance_ratios as e10
+
+    start = e10.warm_start(0)
+    seen = []
+    for rule in e10.RULE_CONFIGS:
+        cfg = dataclasses.replace(e10.rule_config(rule), steps=1)
+
+        def record(k, logp, old, adv, mask):
+            seen.append((k, float((logp - old)[mask].abs().max())))
+
+        table = rl.train_policy(e10.E10_TASK, cfg, 0, start, progress=False, on_update=record)
+        assert table["value"].notna().any()
+    updates = [k for k, _ in seen]
+    assert updates == [1, 2, 3, 4] * 3
+    assert all(d == 0 for k, d in seen if k == 1) and all(d > 0 for k, d in seen if k > 1)  # off-policy after the first

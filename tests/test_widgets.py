@@ -325,3 +325,13 @@ def test_the_same_figure_again_reuses_its_layout():
     assert {name for name, fig in app.figures.items() if cache.reuse(name, fig)} == {"length", "buckets"}
     assert all(type(fig.get_layout_engine()).__name__ == "PlaceHolderLayoutEngine"  # fixed: no layout pass
                for name, fig in app.figures.items() if name != "heatmap")
+
+
+def test_ratio_training_app_trains_only_when_asked_and_reports_every_rule(monkeypatch):
+    monkeypatch.setenv("LOSSREDUCE_FAST", "1")
+    app = widgets.RatioTrainingApp(seed=0, steps=1)
+    assert app.state == {} and app.figures == {}  # nothing trains until the click (or .train())
+    state = app.train()
+    assert set(state["zero_gradient_fraction"]) == {"token", "gspo", "cispo"}
+    assert state["zero_gradient_fraction"]["cispo"] == 0.0 and widgets.state_is_finite(state)
+    assert app.status.value.startswith("done: zero-gradient tokens") and isinstance(app.figures["e10"], Figure)

@@ -98,7 +98,7 @@ def per_row_weight_table(f: float = 0.2, batch: int = 16, row_len: int = ROW_LEN
 # ------------------------------------------------------------------------------------------ the experiment
 
 LAYOUT_RUNS = ("multiturn", "packed", "packed-causal")
-SAME_MODEL = 0.01  # block-diagonal packing vs multiturn: held-out losses within 1 % (rounding, amplified by Adam)
+SAME_MODEL = 0.01  # block-diagonal packing vs multiturn: mean held-out loss within 1 % (rounding, amplified by Adam)
 CONTAMINATION_MARGIN = 0.02  # contaminated packing: held-out loss at least 2 % above block-diagonal packing
 P_LONG_TOLERANCE = 0.25  # learned P(long) within 25 % of its prediction
 SHORT_TAILS = synth.LengthSpec("lognormal", mean=6, sigma=0.5, max_len=16)  # ~6 noisy-tail chats per packed row
@@ -113,7 +113,7 @@ def e9_predictions(f: float) -> dict[str, float]:
             "per-row mean": p_long_per_row_mean(f)}
 
 
-E9_PREDICTION = ("E9 predicted: block-diagonal packing and multiturn train the same model (held-out loss within "
+E9_PREDICTION = ("E9 predicted: block-diagonal packing and multiturn train the same model (mean held-out loss within "
                  f"{SAME_MODEL:.1%}); contaminated packing (causal over the row, positions running on) ends at least "
                  f"{CONTAMINATION_MARGIN:.0%} higher on unpacked held-out conversations. On E1's branch data packed into "
                  "rows of 129: P(long) = {token-mean} (token-mean, packing-invariant), {seq-mean over conversations} "
@@ -141,11 +141,11 @@ def run_e9(seeds: int = 3) -> ExperimentResult:
         base = dict(experiment="e9", seed=seed, normalization="global", micro_batch_size=16, grad_accum=1,
                     scheme="token-mean")
         for layout in LAYOUT_RUNS:
-            cfg = TrainConfig(steps=pick(150, 8), eval_every=pick(10, 4), seed=seed, layout=layout,
+            cfg = TrainConfig(steps=pick(100, 8), eval_every=pick(5, 4), seed=seed, layout=layout,
                               progress=not fast_mode())
             history = train(train_set, ["token-mean"], cfg, heldout=heldout).history
-            rows.append(base | dict(format=layout, metric="final_heldout_loss", value=_final(history, "heldout_loss")))
             h = history[(history.metric == "heldout_loss") & history.bucket.isna()]
+            rows.append(base | dict(format=layout, metric="mean_heldout_loss", value=float(h.value.mean())))
             curves.append(pd.DataFrame(dict(experiment="e9", seed=seed, scheme="token-mean", format=layout,
                                             metric="heldout_loss_curve", value=h.value, step=h.step)))
         branch, probes, branch_heldout = _branch_sets(seed)
@@ -162,14 +162,15 @@ def run_e9(seeds: int = 3) -> ExperimentResult:
                              micro_batch_size=16, grad_accum=1, metric="p_long", value=_final(history, "p_long"),
                              predicted=predicted[name]))
     frame = tidy(rows)
-    loss = frame[frame.metric == "final_heldout_loss"].pivot(index="seed", columns="format", values="value")
+    loss = frame[frame.metric == "mean_heldout_loss"].pivot(index="seed", columns="format", values="value")
     same = (loss["packed"] / loss["multiturn"] - 1).abs()
     worse = loss["packed-causal"] / loss["packed"] - 1
     p = frame[frame.metric == "p_long"]
     verdict = [
-        dict(what=f"held-out loss: packed (block-diagonal) vs multiturn within {SAME_MODEL:.1%}", predicted=0.0,
+        dict(what=f"held-out loss along training: packed (block-diagonal) vs multiturn within {SAME_MODEL:.1%}",
+             predicted=0.0,
              measured=float(same.max()), passed=_judge(bool((same <= SAME_MODEL).all()))),
-        dict(what=f"held-out loss: contaminated packing ≥ {CONTAMINATION_MARGIN:.0%} above block-diagonal",
+        dict(what=f"held-out loss along training: contaminated packing ≥ {CONTAMINATION_MARGIN:.0%} above block-diagonal",
              predicted=CONTAMINATION_MARGIN, measured=float(worse.min()),
              passed=_judge(bool((worse >= CONTAMINATION_MARGIN).all()))),
     ]

@@ -148,7 +148,7 @@ def e9_figure(table: pd.DataFrame, curves: pd.DataFrame, weights: pd.DataFrame):
     (right). `table`: the E9 rows (experiments.COLUMNS)."""
     fig, axes = new_figure(1, 3, width=15.5, height=4.0)
     ax = axes[0, 0]
-    final = table[table.metric == "final_heldout_loss"].groupby("format").value.mean()
+    final = table[table.metric == "mean_heldout_loss"].groupby("format").value.mean()
     for i, (layout, sel) in enumerate(curves.groupby("format", sort=False)):
         stats = sel.groupby("step").value.mean()
         ax.plot(stats.index, stats.to_numpy(), color=PALETTE[i], label=f"{layout}: {final[layout]:.3f}",
@@ -156,7 +156,7 @@ def e9_figure(table: pd.DataFrame, curves: pd.DataFrame, weights: pd.DataFrame):
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("held-out token-mean loss, unpacked (nats/token)")
     ax.set_title("attention across conversations costs held-out loss")
-    ax.legend(fontsize=7, frameon=False, loc="upper right", title="final (mean of seeds)", title_fontsize=7)
+    ax.legend(fontsize=7, frameon=False, loc="upper right", title="mean over the run and seeds", title_fontsize=7)
     ax = axes[0, 1]
     x = np.arange(len(weights))
     width = 0.8 / len(E9_WEIGHTINGS)
