@@ -21,8 +21,7 @@ import pandas as pd
 import torch
 
 from .. import ratios, rl
-from ..config import fast_mode, pick
-from ..model import set_torch_threads
+from ..config import fast_mode, pick, set_torch_threads
 from . import ExperimentResult
 from .sft import _finish, _judge, _verdict
 

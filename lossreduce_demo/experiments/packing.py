@@ -19,8 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .. import synth
-from ..config import fast_mode, pick
-from ..model import set_torch_threads
+from ..config import fast_mode, pick, set_torch_threads
 from ..tokenizer import render
 from . import ExperimentResult, tidy
 from .sft import L_LONG, L_SHORT
@@ -106,10 +105,10 @@ SHORT_TAILS = synth.LengthSpec("lognormal", mean=6, sigma=0.5, max_len=16)  # ~6
 
 def e9_predictions(f: float) -> dict[str, float]:
     """Predicted P(long) at the branch for packed rows of the E1 data, per weighting."""
-    from .sft import p_long_closed_form, p_long_token_mean
+    from .sft import predicted_p_long
 
-    return {"token-mean": p_long_token_mean(f, 16),
-            "seq-mean over conversations": p_long_closed_form(f, 1 / L_LONG, 1 / L_SHORT),
+    return {"token-mean": predicted_p_long("token-mean", f, 16),
+            "seq-mean over conversations": predicted_p_long("seq-mean-token-mean", f, 16),
             "per-row mean": p_long_per_row_mean(f)}
 
 
