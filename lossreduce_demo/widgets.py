@@ -345,7 +345,8 @@ class AccumulationExplorer(_App):
         rows = batch.shape[0]
         per_micro = rows / (R * K)
         self.sizes.value = (f"{rows} rows = {R} rank(s) × {K} micro-batch(es) × ≈{per_micro:.2g} rows "
-                            f"(global batch {rows} rows, {int(batch.loss_mask.sum())} loss tokens)")
+                            f"(global batch {rows} rows, {int(batch.loss_mask.sum())} loss tokens; rows "
+                            f"{'sorted by length, shortest first' if self.sort_by_length.value else 'in data order'})")
         if R * K > rows:
             notes.append(f"R·K = {R * K} > {rows} rows: some micro-batches are empty (they add nothing).")
         ideal = token_weights(batch, scheme)

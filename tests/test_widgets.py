@@ -335,3 +335,15 @@ def test_ratio_training_app_trains_only_when_asked_and_reports_every_rule(monkey
     assert set(state["zero_gradient_fraction"]) == {"token", "gspo", "cispo"}
     assert state["zero_gradient_fraction"]["cispo"] == 0.0 and widgets.state_is_finite(state)
     assert app.status.value.startswith("done: zero-gradient tokens") and isinstance(app.figures["e10"], Figure)
+
+
+def test_accumulation_explorer_shows_the_row_order_even_when_the_weights_do_not_change():
+    """Under global normalisation sorting the rows leaves every weight exact, so the figure may not change: the
+    sizes line still says which order the micro-batches were cut from (the checkbox never looks dead)."""
+    from lossreduce_demo import widgets
+
+    explorer = widgets.AccumulationExplorer(scheme="token-mean", normalization="global", micro_batches=4)
+    before = explorer.sizes.value
+    explorer.sort_by_length.value = True
+    assert "in data order" in before and "sorted by length" in explorer.sizes.value
+    assert explorer.state["max_rel_error"] < 1e-9
