@@ -5,8 +5,9 @@ lengths, the long fraction, the copy turns before the branch, the format (split 
 and the normalisation. `predictions(schemes, setting)` gives each scheme's P("L") at the branch in closed form
 (`experiments.sft.predicted_p_long`, no training: the app shows it live); `train_branch(schemes, setting)` trains
 one tiny GPT per scheme on the same data (one `train.train` call) and measures P("L") beside the prediction, with
-the held-out loss per reply length. The widget itself is `widgets.TrainingApp`. At the default setting (3 schemes,
-100 steps, 512 chats) a click takes ~10 s on one thread of a 2-core CPU.
+the held-out loss per reply length. The widget itself is `widgets.TrainingApp`. The models have one transformer
+block (`BRANCH_MODEL`): the branch task needs no depth, and it halves a click. At the default setting (3 schemes,
+100 steps, 512 chats) a click costs ~6 s of CPU on one thread.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -37,6 +39,7 @@ SCHEMES = {  # what the app offers: label -> scheme
     "token-sum": Scheme("token-sum"),
 }
 DEFAULT_SCHEMES = ("token-mean", "seq-mean-token-mean", "token-sum")  # a click at the defaults: ≤ 15 s
+BRANCH_MODEL = replace(TINY, n_layer=1)  # one block learns the branch as well as two (P("L") as close), at half the cost
 CONVERSATIONS_PER_STEP = 16
 GA_STEPS = (1, 2, 4, 8, 16)  # the divisors of CONVERSATIONS_PER_STEP: every micro-batch holds whole samples
 NORMALIZATIONS = ("global", "local")
@@ -102,7 +105,7 @@ class BranchSetting:
     def config(self, seed: int = 0, progress: bool = True) -> TrainConfig:
         """Adam at 1e-2 decaying to 5e-4: P("L") settles near its optimum in ~100 steps (24 in fast mode)."""
         steps = pick(100, 24) if self.steps is None else self.steps
-        return TrainConfig(steps=steps, layout=self.layout, micro_batch_size=self.rows_per_step // self.grad_accum,
+        return TrainConfig(steps=steps, model=BRANCH_MODEL, layout=self.layout, micro_batch_size=self.rows_per_step // self.grad_accum,
                            grad_accum=self.grad_accum, lr=1e-2, lr_decay=0.05, eval_every=max(steps // 10, 1),
                            seed=seed, progress=progress)
 
@@ -135,6 +138,17 @@ def predictions(schemes: Sequence = DEFAULT_SCHEMES, setting: BranchSetting = Br
                          for label, scheme in _schemes(schemes).items()])
 
 
+class Progress(NamedTuple):
+    """Where a `train_branch` call is, after each optimizer step."""
+
+    run: str  # the label of the scheme being trained
+    step: int  # its optimizer steps done, 1..steps
+    steps: int
+    done: int  # optimizer steps done over all runs, 1..total
+    total: int
+    seconds: float  # since the call began
+
+
 @dataclass
 class BranchRun:
     result: TrainResult
@@ -145,10 +159,10 @@ class BranchRun:
 
 
 def train_branch(schemes: Sequence = DEFAULT_SCHEMES, setting: BranchSetting = BranchSetting(), seed: int = 0,
-                 progress: bool = True, on_step: Callable[[int, int], None] | None = None) -> BranchRun:
+                 progress: bool = True, on_step: Callable[[Progress], None] | None = None) -> BranchRun:
     """Train one tiny GPT per scheme (labels of SCHEMES or Scheme objects) on the setting's branch chats and
     measure P("L") against its prediction (stated before training, at the training set's own long fraction).
-    on_step(done, total): called after every optimizer step (the app's progress bar)."""
+    on_step(Progress): called after every optimizer step (the app's progress bar and status line)."""
     set_torch_threads()
     chosen = _schemes(schemes)
     started = time.time()
@@ -161,7 +175,12 @@ def train_branch(schemes: Sequence = DEFAULT_SCHEMES, setting: BranchSetting = B
     metric = token_probability_metric(probes, P_LONG_TOKEN, "p_long")
     cfg = setting.config(seed, progress)
     total = cfg.steps * len(runs)
-    callback = None if on_step is None else lambda run, step: on_step(run * cfg.steps + step + 1, total)
+    labels = list(chosen)
+
+    def step_done(run: int, step: int) -> None:
+        on_step(Progress(labels[run], step + 1, cfg.steps, run * cfg.steps + step + 1, total, time.time() - started))
+
+    callback = None if on_step is None else step_done
     result = train(train_set, runs, cfg, heldout=heldout, task_metrics=metric, on_step=callback)
     measured = final_metric(result.history, "p_long")
     table["measured"] = [float(measured[label]) for label in chosen]

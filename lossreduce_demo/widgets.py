@@ -93,7 +93,7 @@ class _App(abc.ABC):
 
     controls: list
 
-    def __init__(self, rows: list[list], button: W.Button | None = None):
+    def __init__(self, rows: list[list], button: W.Button | None = None, controls: list | None = None):
         self.headline = W.HTML()  # the number to read off, as text beside the plots
         self.message = W.HTML()
         self.output = W.Output()
@@ -102,30 +102,34 @@ class _App(abc.ABC):
         self.figures: dict = {}
         self._paused = False
         self.draw_figures = True
-        self.controls = [c for row in rows for c in row]
+        self.controls = [c for row in rows for c in row] if controls is None else controls
         self.button = button
-        if button is None:  # an explorer: every change recomputes (cheap, analytic)
-            for control in self.controls:
-                control.observe(self._changed, names="value")
-        else:  # a training app: only the button does
+        for control in self.controls:  # every change refreshes (cheap): see _refresh
+            control.observe(self._changed, names="value")
+        if button is not None:  # a training app: only the button trains
             button.on_click(lambda _: self.update())
             rows = rows + [[button]]
         self.widget = W.VBox([W.HBox(row, layout=W.Layout(flex_flow="row wrap")) for row in rows]
                              + [self.headline, self.message, self.output])
 
+    def _refresh(self) -> None:
+        """What a control change recomputes: everything (`update`) for an explorer; a training app overrides it
+        with its cheap part, never training."""
+        self.update()
+
     def _changed(self, _change) -> None:
         if not self._paused:
-            self.update()
+            self._refresh()
 
     @contextlib.contextmanager
     def hold(self):
-        """Change several controls, then update once."""
+        """Change several controls, then refresh once."""
         self._paused = True
         try:
             yield self
         finally:
             self._paused = False
-        self.update()
+        self._refresh()
 
     def set(self, **values) -> dict:
         with self.hold():
@@ -642,13 +646,11 @@ class TrainingApp(_App):
         self.result = W.HTML()
         lengths = W.VBox([self.short_len, self.long_len, self.long_fraction, self.context_turns])
         plan = W.VBox([self.layout, self.grad_accum, self.normalization, self.steps])
-        super().__init__([[self.schemes, lengths, plan]], _train_button("train one tiny GPT per chosen scheme"))
+        self.predicted = pd.DataFrame()
+        super().__init__([[self.schemes, lengths, plan]], _train_button("train one tiny GPT per chosen scheme"),
+                         controls=[self.schemes, *lengths.children, *plan.children])
         self.widget.children = (self.widget.children[:-2] + (self.progress, W.HBox([self.prediction, self.result]))
                                 + self.widget.children[-2:])
-        self.predicted = pd.DataFrame()
-        self.controls = [self.schemes, *lengths.children, *plan.children]
-        for control in self.controls:  # every change recomputes the prediction (cheap); only Train trains
-            control.observe(self._setting_changed, names="value")
         self.predict()
         self.message.value = "Nothing trains until you click Train."
 
@@ -660,10 +662,6 @@ class TrainingApp(_App):
                                 long_fraction=float(self.long_fraction.value), context_turns=self.context_turns.value,
                                 layout=self.layout.value, grad_accum=self.grad_accum.value,
                                 normalization=self.normalization.value, steps=self.steps.value)
-
-    def _setting_changed(self, _change) -> None:
-        if not self._paused:
-            self.predict()
 
     def predict(self) -> pd.DataFrame:
         """Recompute the closed-form P("L") of every chosen scheme (cheap, no training) into `.predicted`."""
@@ -685,30 +683,28 @@ class TrainingApp(_App):
                        for r in self.predicted.itertuples())
         self.prediction.value = (f"<b>Predicted P(\"L\")</b>, long fraction of the training set {f:.3f}{note}"
                                  f"<table>{rows}</table>")
-        if self.state.get("table") is not None:
+        if self.state.get("table") is not None:  # the last result no longer matches the controls
             self.result.value = "<i style='color:#555'>settings changed: click Train for a new result</i>"
+            self.headline.value = ""
         return self.predicted
 
-    @contextlib.contextmanager
-    def hold(self):
-        """Change several controls, then recompute the prediction once (nothing trains)."""
-        self._paused = True
-        try:
-            yield self
-        finally:
-            self._paused = False
+    def _refresh(self) -> None:  # a control change recomputes the prediction only: nothing trains
         self.predict()
 
-    def _show_progress(self, done: int, total: int) -> None:
-        self.progress.max, self.progress.value = total, done
-        self.progress.description = f"step {done}/{total}"
+    def _show_progress(self, at) -> None:
+        """The bar and the status line after each optimizer step (`at`: a training_app.Progress)."""
+        self.progress.max, self.progress.value = at.total, at.done
+        self.progress.description = f"step {at.done}/{at.total}"
+        self._progress(f"training {at.run} (scheme {(at.done - 1) // at.steps + 1}/{at.total // at.steps}): "
+                       f"step {at.step}/{at.steps}, {at.seconds:.1f} s")
 
     def _compute(self, notes):
         from . import training_app as ta
 
         setting = self.setting()
         self.progress.value, self.progress.layout.visibility = 0, "visible"
-        self._progress(f"training {len(self.schemes.value)} models for {setting.config().steps} steps…")
+        self.headline.value = ""
+        self._progress(f"preparing {len(self.schemes.value)} models × {setting.config().steps} steps…")
         try:
             run = ta.train_branch(self.schemes.value, setting, seed=self.seed, progress=False,
                                   on_step=self._show_progress)
@@ -719,8 +715,10 @@ class TrainingApp(_App):
                        for r in run.table.itertuples())
         self.result.value = (f"<b>Trained</b> ({run.seconds:.1f} s)<table><tr><th>scheme</th><th>predicted</th>"
                              f"<th>measured</th></tr>{rows}</table>")
+        headline = "; ".join(f'{r.run}: P("L") {r.measured:.3f} measured vs {r.predicted:.3f} predicted'
+                             for r in run.table.itertuples()) + f" (trained in {run.seconds:.1f} s)"
         state = {"table": run.table, "seconds": run.seconds, "long_fraction": run.long_fraction,
-                 "setting": setting}
+                 "setting": setting, "headline": headline}
         return state, lambda: ta.figures(run)
 
 

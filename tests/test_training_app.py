@@ -90,7 +90,11 @@ def test_clicking_train_trains_shows_progress_and_the_result_beside_the_predicti
     app = widgets.TrainingApp(schemes=("token-mean", "seq-mean-token-mean"), steps=8)
     assert app.button.description == "Train" and not app.state and "Nothing trains" in app.message.value
     predicted = app.predicted.set_index("run").predicted
+    statuses = []
+    app.message.observe(lambda change: statuses.append(change.new), names="value")
     app.button.click()
+    assert "training token-mean (scheme 1/2): step 1/8" in statuses[1]  # [0]: preparing the data
+    assert "training seq-mean-token-mean (scheme 2/2): step 8/8" in statuses[-2] and " s</div>" in statuses[-2]
     table = app.state["table"].set_index("run")
     assert list(table.index) == ["token-mean", "seq-mean-token-mean"]
     assert table.predicted.to_dict() == pytest.approx(predicted.to_dict(), rel=1e-12)  # the same training set
@@ -99,7 +103,21 @@ def test_clicking_train_trains_shows_progress_and_the_result_beside_the_predicti
     assert "measured" in app.result.value and "trained in" in app.message.value and not app.button.disabled
     assert {"p_long", "loss_by_length"} <= set(app.figures)
     app.long_fraction.value = 0.5
-    assert "settings changed" in app.result.value
+    assert "settings changed" in app.result.value and not app.headline.value  # the old result is not the headline
+
+
+def test_the_headline_after_a_click_states_every_scheme_measured_vs_predicted(monkeypatch):
+    monkeypatch.setenv("LOSSREDUCE_FAST", "1")
+    schemes = ("token-sum", "length-power α=½", "turn-mean")
+    app = widgets.TrainingApp(schemes=schemes, steps=4, short_len=3, long_len=20)
+    app.draw_figures = False
+    assert not app.headline.value  # nothing trained yet
+    app.button.click()
+    table = app.state["table"].set_index("run")
+    parts = app.headline.value.removeprefix("<b>").removesuffix("</b>").split("; ")
+    assert parts == [f'{run}: P(&quot;L&quot;) {table.measured[run]:.3f} measured vs {table.predicted[run]:.3f} '
+                     f'predicted' + (f" (trained in {app.state['seconds']:.1f} s)" if run == schemes[-1] else "")
+                     for run in schemes]
 
 
 def test_a_click_that_fails_shows_the_error_and_not_done(monkeypatch):
