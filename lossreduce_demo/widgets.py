@@ -353,6 +353,11 @@ class AccumulationExplorer(_App):
                             f"{'sorted by length, shortest first' if self.sort_by_length.value else 'in data order'})")
         if R * K > rows:
             notes.append(f"R·K = {R * K} > {rows} rows: some micro-batches are empty (they add nothing).")
+        if self.sort_by_length.value and self.family.value == "fixed":
+            notes.append("fixed lengths: every conversation is as long as the next, so sorting changes no weight.")
+        elif self.sort_by_length.value and norm == "global":
+            notes.append("global normalisation: every micro-batch divides by the whole batch's count, so the order "
+                         "of the rows changes no weight.")
         ideal = token_weights(batch, scheme)
         effective, rank, step = effective_weights(batch, scheme, Plan(R, K, norm))
         error = max_relative_error(effective, ideal, batch.loss_mask)
@@ -367,8 +372,9 @@ class AccumulationExplorer(_App):
                              + (" (exact: the full-batch weights)" if error < 1e-9 else "")}
         title = (f"{scheme.label}, {norm} normalisation, R={R}, K={K}: max relative error "
                  f"{error:.1%}" + (" (exact)" if error < 1e-9 else ""))
+        order = "rows sorted by length, shortest first" if self.sort_by_length.value else "rows in data order"
         return state, lambda: {"weights": plots.effective_vs_ideal(batch, effective, ideal, rank=rank, step=step,
-                                                                   title=title)}
+                                                                   title=title, row_order=order)}
 
 
 # ---------------------------------------------------------------- Voilà dashboard

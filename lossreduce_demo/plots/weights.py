@@ -282,9 +282,11 @@ def share_by_bucket(shares: Mapping[str, object], *, unit: str = "sample"):
     return fig
 
 
-def effective_vs_ideal(batch: Batch, effective, ideal, *, rank=None, step=None, title: str | None = None):
+def effective_vs_ideal(batch: Batch, effective, ideal, *, rank=None, step=None, title: str | None = None,
+                       row_order: str = "batch order"):
     """Per sample: weight per token the optimiser applies (bars, one colour per micro-batch) vs the full-batch
-    weights (black ticks), and the relative error. rank/step are effective_weights' (B, T) placement tensors."""
+    weights (black ticks), and the relative error. rank/step are effective_weights' (B, T) placement tensors;
+    `row_order` names the order of the rows (the x label says it)."""
     eff, ref = length_profile(batch, effective), length_profile(batch, ideal)
     err = np.where(ref.weight_per_token > 0, (eff.weight_per_token - ref.weight_per_token) / ref.weight_per_token, 0)
     groups = [(0, 0)] * len(eff)
@@ -310,7 +312,8 @@ def effective_vs_ideal(batch: Batch, effective, ideal, *, rank=None, step=None, 
     bottom.bar(x, 100 * err, color=colors, width=0.8)
     bottom.axhline(0, color="black", linewidth=0.8)
     bottom.set_ylabel("error vs ideal (%)")
-    bottom.set_xlabel("sample (batch order)")
-    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    every = max(1, -(-len(eff) // 32))  # the loss tokens of each sample under its bar: sorting shows as rising labels
+    bottom.set_xticks(x[::every], [str(n) for n in eff.length[::every]], fontsize=7 if len(eff) > 16 else 8)
+    bottom.set_xlabel(f"samples ({row_order}), labelled by their loss tokens")
     top.set_title(title or f"max relative error {np.abs(err).max():.1%}", fontsize=10)
     return fig

@@ -204,9 +204,10 @@ VIEW_SIGNATURE = """cell => {
 }"""  # what a reader sees change: the images (hashed) and the texts of outputs, HTML and label widgets
 ERROR_TEXT = """cell => [...cell.querySelectorAll('.jp-OutputArea-output, .widget-html, .widget-label')]
   .map(e => e.innerText).filter(t => /Traceback|Error:|Exception|⚠/.test(t)).join('\\n')"""
-READOUTS = """cell => [...cell.querySelectorAll('.widget-readout, select, input')].map(e =>
-  e.tagName === 'SELECT' ? [...e.selectedOptions].map(o => o.value).join(',')
-  : e.type === 'checkbox' ? String(e.checked) : (e.value ?? e.innerText)).join('|')"""  # every control's value
+READOUTS = """cell => [...cell.querySelectorAll('.widget-readout, select, input, .widget-toggle-button.mod-active')]
+  .map(e => e.tagName === 'SELECT' ? [...e.selectedOptions].map(o => o.value).join(',')
+  : e.tagName === 'BUTTON' ? e.innerText : e.type === 'checkbox' ? String(e.checked) : (e.value ?? e.innerText))
+  .join('|')"""  # every control's value
 
 
 @dataclass

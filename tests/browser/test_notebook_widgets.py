@@ -118,8 +118,11 @@ def drive_controls(page, cell, stem: str, k: int) -> list[dict]:
             except TimeoutError as error:
                 pytest.fail(f"{stem}, widget cell {k}: {control.label}: {error}")
         else:
-            page.wait_for_function(f"([cell, before]) => ({READOUTS})(cell) !== before",
-                                   arg=[cell.element_handle(), before], timeout=timeout * 1000)
+            try:
+                page.wait_for_function(f"([cell, before]) => ({READOUTS})(cell) !== before",
+                                       arg=[cell.element_handle(), before], timeout=timeout * 1000)
+            except Exception:
+                pytest.fail(f"{stem}, widget cell {k}: {control.label}: its value did not change within {timeout} s")
             times = {"first_image_s": None, "settled_s": round(time.monotonic() - started, 3)}
         errors = cell.evaluate(ERROR_TEXT)
         assert not errors, f"{stem}, widget cell {k}: {control.label} shows an error:\n{errors}"
