@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,6 +19,8 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
@@ -139,6 +142,52 @@ class Lab:
 
 # Page helpers shared by the Lab and Voilà tests.
 
+PROMPTS = "() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')].map(e => e.textContent)"
+STARTED = f"() => ({PROMPTS})().some(t => /\\[(\\*|\\d+)\\]/.test(t))"
+FINISHED = f"() => !({PROMPTS})().some(t => t.includes('*'))"
+KERNEL_IDLE = """() => {
+  const kernel = document.querySelector('.jp-Toolbar-kernelName');
+  const status = document.querySelector('.jp-Notebook-ExecutionIndicator');
+  return kernel && !kernel.textContent.includes('No Kernel') && status && status.dataset.status === 'idle';
+}"""  # before the kernel starts the indicator already reads idle, next to "No Kernel"
+
+
+def open_notebook(page, lab, name: str) -> None:
+    """Open `name` in a fresh workspace and wait until its kernel is started and idle."""
+    page.goto(lab.notebook_url(name))
+    page.locator(".jp-Notebook .jp-CodeCell").first.wait_for()
+    page.wait_for_function(KERNEL_IDLE, timeout=90_000)
+
+
+def run_all(page, timeout_s: float) -> None:
+    """Run > Run All Cells from the menu (once more if the first click is ignored), then wait for every cell."""
+    for attempt in (1, 2):
+        page.keyboard.press("Escape")
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        try:
+            page.wait_for_function(STARTED, timeout=10_000)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+    page.wait_for_function(FINISHED, timeout=timeout_s * 1000)
+    prompts = [p.strip() for p in page.evaluate(PROMPTS)]
+    not_run = [i for i, p in enumerate(prompts) if not re.fullmatch(r"\[\d+\]:", p)]
+    errors = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').all_inner_texts()
+    errors = [e for e in errors if "Traceback" in e or "Error" in e]
+    if not_run or errors:
+        pytest.fail(f"code cells {not_run} did not run; prompts {prompts}\n" + "\n".join(errors))
+
+
+def shut_down_kernels(page, lab) -> None:
+    """Free the notebook's kernel (~350 MB, and CPU) before the next notebook opens."""
+    sessions = page.request.get(f"{lab.url}/api/sessions?token={lab.token}").json()
+    for session in sessions:
+        page.request.delete(f"{lab.url}/api/sessions/{session['id']}?token={lab.token}")
+
+
+
 def image_src(output, settle_s: float = 1.0, timeout_s: float = 30.0) -> str:
     """The src (a data: URL) of the first image in a widget Output once drawn and unchanged for `settle_s`
     (a redraw still on its way from the kernel must not be taken for the effect of the next action)."""
@@ -210,6 +259,12 @@ READOUTS = """cell => [...cell.querySelectorAll('.widget-readout, select, input,
   .join('|')"""  # every control's value
 
 
+LABEL = r"""e => { const box = e.closest('.widget-inline-hbox');
+  const label = (box?.querySelector('.widget-label')?.innerText || '').replace(/\u200b/g, '').trim();
+  return label || ((box || e).innerText || '').replace(/\u200b/g, '').trim().split('\n')[0]; }"""
+# a control's name: its description, else (a checkbox, whose description sits after the box) the first line of text
+
+
 @dataclass
 class Control:
     kind: str
@@ -234,8 +289,7 @@ def controls_in(cell) -> list[Control]:
                 disabled = item.is_disabled()
             if disabled or (kind == "button" and "widget-toggle-button" in (item.get_attribute("class") or "")):
                 continue
-            label = item.evaluate("e => (e.closest('.widget-inline-hbox')?.querySelector('.widget-label')?.innerText"
-                                  " || e.innerText || '').trim()")
+            label = item.evaluate(LABEL)
             found.append(Control(kind, item, f"{kind} '{label[:40]}'"))
     return found
 

@@ -6,46 +6,11 @@ from __future__ import annotations
 import re
 
 import pytest
-from harness import image_src, nudge_slider, wait_for_new_image
+from harness import image_src, nudge_slider, open_notebook, run_all, wait_for_new_image
 
 pytestmark = pytest.mark.browser
 
-PROMPTS = "() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')].map(e => e.textContent)"
-STARTED = f"() => ({PROMPTS})().some(t => /\\[(\\*|\\d+)\\]/.test(t))"
-FINISHED = f"() => !({PROMPTS})().some(t => t.includes('*'))"
 OUTPUT_IMAGES = "cell => [...cell.querySelectorAll('.widget-output img')].map(img => img.src)"
-KERNEL_IDLE = """() => {
-  const kernel = document.querySelector('.jp-Toolbar-kernelName');
-  const status = document.querySelector('.jp-Notebook-ExecutionIndicator');
-  return kernel && !kernel.textContent.includes('No Kernel') && status && status.dataset.status === 'idle';
-}"""  # before the kernel starts the indicator already reads idle, next to "No Kernel"
-
-
-def open_notebook(page, lab, name: str) -> None:
-    """Open `name` in a fresh workspace and wait until its kernel is started and idle."""
-    page.goto(lab.notebook_url(name))
-    page.locator(".jp-Notebook .jp-CodeCell").first.wait_for()
-    page.wait_for_function(KERNEL_IDLE, timeout=60_000)
-
-
-def run_all(page, timeout_s: float) -> None:
-    """Run > Run All Cells from the menu (once more if the first click is ignored), then wait for every cell."""
-    for attempt in (1, 2):
-        page.keyboard.press("Escape")
-        page.get_by_role("menuitem", name="Run", exact=True).click()
-        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-        try:
-            page.wait_for_function(STARTED, timeout=10_000)
-            break
-        except Exception:
-            if attempt == 2:
-                raise
-    page.wait_for_function(FINISHED, timeout=timeout_s * 1000)
-    prompts = [p.strip() for p in page.evaluate(PROMPTS)]
-    not_run = [i for i, p in enumerate(prompts) if not re.fullmatch(r"\[\d+\]:", p)]
-    if not_run:
-        errors = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
-        pytest.fail(f"code cells {not_run} did not run; prompts {prompts}\n" + "\n".join(errors.all_inner_texts()))
 
 
 def test_framework_explorer_dropdowns_and_slider_redraw_the_weights(page, lab, screenshots):

@@ -18,7 +18,10 @@ from harness import (
     READOUTS,
     VIEW_SIGNATURE,
     controls_in,
+    open_notebook,
     operate,
+    run_all,
+    shut_down_kernels,
     wait_for_view_change,
 )
 
@@ -35,43 +38,7 @@ KEY_FIGURE = {  # notebook -> text of the cell whose output is its key figure (d
     "05_rl_length_bias": "rl_plots.ratio_curves(e6_steps)",
     "06_your_own_data": "plots.weight_vs_length(profiles)",
 }
-PROMPTS = "() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')].map(e => e.textContent)"
-STARTED = f"() => ({PROMPTS})().some(t => /\\[(\\*|\\d+)\\]/.test(t))"
-FINISHED = f"() => !({PROMPTS})().some(t => t.includes('*'))"
-KERNEL_IDLE = """() => {
-  const kernel = document.querySelector('.jp-Toolbar-kernelName');
-  const status = document.querySelector('.jp-Notebook-ExecutionIndicator');
-  return kernel && !kernel.textContent.includes('No Kernel') && status && status.dataset.status === 'idle';
-}"""  # before the kernel starts the indicator already reads idle, next to "No Kernel"
 ANALYTIC_TIMEOUT_S, BUTTON_TIMEOUT_S = 60, 240  # a button may train (fast mode: seconds to a minute under load)
-
-
-def open_notebook(page, lab, name: str) -> None:
-    """Open `name` in a fresh workspace and wait until its kernel is started and idle."""
-    page.goto(lab.notebook_url(name))
-    page.locator(".jp-Notebook .jp-CodeCell").first.wait_for()
-    page.wait_for_function(KERNEL_IDLE, timeout=90_000)
-
-
-def run_all(page, timeout_s: float) -> None:
-    """Run > Run All Cells from the menu (once more if the first click is ignored), then wait for every cell."""
-    for attempt in (1, 2):
-        page.keyboard.press("Escape")
-        page.get_by_role("menuitem", name="Run", exact=True).click()
-        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-        try:
-            page.wait_for_function(STARTED, timeout=10_000)
-            break
-        except Exception:
-            if attempt == 2:
-                raise
-    page.wait_for_function(FINISHED, timeout=timeout_s * 1000)
-    prompts = [p.strip() for p in page.evaluate(PROMPTS)]
-    not_run = [i for i, p in enumerate(prompts) if not re.fullmatch(r"\[\d+\]:", p)]
-    errors = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').all_inner_texts()
-    errors = [e for e in errors if "Traceback" in e or "Error" in e]
-    if not_run or errors:
-        pytest.fail(f"code cells {not_run} did not run; prompts {prompts}\n" + "\n".join(errors))
 
 
 def key_figure_cell(page, stem: str):
@@ -80,13 +47,6 @@ def key_figure_cell(page, stem: str):
         return cells.filter(has_text=KEY_FIGURE[stem]).first
     widget = cells.filter(has=page.locator(".widget-output img"))
     return widget.first if widget.count() else cells.filter(has=page.locator(".jp-OutputArea-output img")).first
-
-
-def shut_down_kernels(page, lab) -> None:
-    """Free the notebook's kernel (~350 MB, and CPU) before the next notebook opens."""
-    sessions = page.request.get(f"{lab.url}/api/sessions?token={lab.token}").json()
-    for session in sessions:
-        page.request.delete(f"{lab.url}/api/sessions/{session['id']}?token={lab.token}")
 
 
 def record_latencies(stem: str, rows: list[dict]) -> None:
@@ -109,8 +69,8 @@ def drive_controls(page, cell, stem: str, k: int) -> list[dict]:
         control.locator.scroll_into_view_if_needed()
         follows_view = has_view and (control.kind == "button" or not trains)
         before = cell.evaluate(VIEW_SIGNATURE if follows_view else READOUTS)
+        started = time.monotonic()  # from the user's action (a key press, a click) to the settled new view
         operate(control)
-        started = time.monotonic()  # the control has its new value (a slider's retried key press not counted)
         timeout = BUTTON_TIMEOUT_S if control.kind == "button" else ANALYTIC_TIMEOUT_S
         if follows_view:
             try:
@@ -130,15 +90,7 @@ def drive_controls(page, cell, stem: str, k: int) -> list[dict]:
     return rows
 
 
-# Known open (issue 12): after the last landings, driving every control of 03's accumulation explorer and 04's Train
-# app in one pass fails here (a control whose effect the view does not show in that state, e.g. a setting that
-# disables Train); each file passed on its own before. Not strict, so a fix shows up as XPASS.
-KNOWN_OPEN = {"03_accumulation_and_data_parallel", "04_training_tiny_gpt"}
-PARAMS = [pytest.param(p, marks=pytest.mark.xfail(reason="known open, see KNOWN_OPEN", strict=False))
-          if p.stem in KNOWN_OPEN else p for p in LESSONS]
-
-
-@pytest.mark.parametrize("path", PARAMS, ids=[p.stem for p in LESSONS])
+@pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
 def test_every_widget_responds_without_errors(page, lab, screenshots, path):
     stem = path.stem
     page.set_viewport_size({"width": 1400, "height": 2400})  # tall: element screenshots of whole outputs

@@ -11,8 +11,6 @@ from harness import ERROR_TEXT, VIEW_SIGNATURE, controls_in, operate, wait_for_v
 pytestmark = pytest.mark.browser
 
 
-@pytest.mark.xfail(reason="known open (issue 12): the accumulation tab's sort checkbox does not change the view in the "
-                          "state the drive reaches", strict=False)
 def test_dashboard_every_control_redraws(page, voila_app, screenshots):
     page.goto(voila_app, wait_until="domcontentloaded")
     page.locator(".widget-output img").first.wait_for(timeout=120_000)  # Voilà runs the notebook first
