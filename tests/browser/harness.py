@@ -215,24 +215,28 @@ def wait_for_new_image(output, old_src: str, timeout: float = 30_000) -> str:
     return img.get_attribute("src")
 
 
-def nudge_slider(slider) -> tuple[str, str]:
+def nudge_slider(slider, pressed: list | None = None) -> tuple[str, str]:
     """Move an ipywidgets slider one step with the keyboard on its handle, as a user would; (old, new) value.
-    The key press is repeated (up to 3 times) if a redraw took the focus away before it landed."""
+    The value is read from aria-valuetext (aria-valuenow is rounded: 0.25 reads "0.3"). The key press is repeated
+    (up to 3 times) if a redraw took the focus away before it landed; `pressed`, if given, is set to the time of
+    the press that landed."""
     from playwright.sync_api import expect
 
     handle = slider.locator(".noUi-handle").first
-    old = handle.get_attribute("aria-valuenow")
-    key = "ArrowLeft" if old == handle.get_attribute("aria-valuemax") else "ArrowRight"
+    old = handle.get_attribute("aria-valuetext")
+    at_max = float(old) >= float(handle.get_attribute("aria-valuemax"))
     for attempt in range(3):
         handle.focus()
-        handle.press(key)
+        if pressed is not None:
+            pressed[:] = [time.monotonic()]
+        handle.press("ArrowLeft" if at_max else "ArrowRight")
         try:
-            expect(handle).not_to_have_attribute("aria-valuenow", old, timeout=3_000)
+            expect(handle).not_to_have_attribute("aria-valuetext", old, timeout=3_000)
             break
         except AssertionError:
             if attempt == 2:
                 raise
-    return old, handle.get_attribute("aria-valuenow")
+    return old, handle.get_attribute("aria-valuetext")
 
 
 # Generic widget driving: every control of a cell is found, moved or clicked, and the cell's view must change.
@@ -294,12 +298,13 @@ def controls_in(cell) -> list[Control]:
     return found
 
 
-def operate(control: Control) -> None:
+def operate(control: Control) -> float:
     """Change the control one step, as a user would: a slider by one key press, the next option of a menu, another
-    toggle button, the checkbox flipped, one more option selected, the button clicked."""
-    item = control.locator
+    toggle button, the checkbox flipped, one more option selected, the button clicked. Returns the time.monotonic()
+    of the action that took effect (a slider's key press repeated after a lost focus counts from the last one)."""
+    item, acted = control.locator, [time.monotonic()]
     if control.kind == "slider":
-        nudge_slider(item)
+        nudge_slider(item, pressed=acted)
     elif control.kind == "dropdown":
         options = item.evaluate("s => [...s.options].map(o => o.value)")
         current = item.evaluate("s => s.value")
@@ -317,6 +322,7 @@ def operate(control: Control) -> None:
         item.click()
     else:
         raise ValueError(control.kind)
+    return acted[0]
 
 
 def wait_for_view_change(page, cell, before: str, started: float, timeout_s: float, settle_s: float = 0.6) -> dict:

@@ -69,8 +69,7 @@ def drive_controls(page, cell, stem: str, k: int) -> list[dict]:
         control.locator.scroll_into_view_if_needed()
         follows_view = has_view and (control.kind == "button" or not trains)
         before = cell.evaluate(VIEW_SIGNATURE if follows_view else READOUTS)
-        started = time.monotonic()  # from the user's action (a key press, a click) to the settled new view
-        operate(control)
+        started = operate(control)  # from the user's action (the key press, the click) to the settled new view
         timeout = BUTTON_TIMEOUT_S if control.kind == "button" else ANALYTIC_TIMEOUT_S
         if follows_view:
             try:
