@@ -1,10 +1,19 @@
-"""Update latency of every analytic widget view, as medians and as ratios to one bare `token_weights` call.
+"""Update latency of every control of every analytic (no-training) widget view of the suite.
 
-Levels per view: state only (the numbers), + building the figures, + rendering them to PNG (what the notebook
-frontend receives) with constrained layout on every redraw, and as the apps draw: the layout of the first draw
-reused (plots.LayoutCache). Target: a whole update (state, figures, PNG) ≤ 300 ms on a quiet laptop; the browser
-test (tests/browser/test_notebook_widgets.py) measures control change → new image end to end.
-Run: `.venv/bin/python bench/widget_latency.py` (last line: JSON).
+Views: the formats explorer (01), the weight explorer (02, also the app's first tab), the accumulation explorer
+(03, also the app's second tab), the Train app's live prediction (04, no figure), the framework explorer (07) and
+the ΔL explorer (08). Every control of each (sliders, menus, toggles, checkboxes, selections) is moved through up
+to VALUES_PER_CONTROL values spread over its range (each a first visit: the widgets' caches are cleared before
+each level), at three levels:
+    state   the numbers only (app.draw_figures = False),
+    figs    + building the figures,
+    png     + rendering them to PNG as IPython's inline display does (dpi 100), through the app's LayoutCache as
+            `_App._draw` does: what one control change costs before the browser shows the new image.
+Printed: the load average (other processes slow every number), the baseline (one bare `token_weights` call), each
+control's median and worst update per level, then per view the median and worst png update and their ratio to the
+baseline (a ratio survives a busier machine better than milliseconds do). Target: png ≤ 300 ms on a quiet laptop;
+tests/browser measures control change → new image end to end.
+Run: `LOSSREDUCE_THREADS=1 .venv/bin/python bench/widget_latency.py [view-substring ...]` (last line: JSON).
 """
 
 from __future__ import annotations
@@ -13,104 +22,138 @@ import io
 import json
 import os
 import statistics
+import sys
 import time
 
+import ipywidgets as W
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 
-from lossreduce_demo import training_app, widgets  # noqa: E402
+from lossreduce_demo import widgets  # noqa: E402
 from lossreduce_demo.reductions import token_weights  # noqa: E402
 
-REPEATS = 7
+VALUES_PER_CONTROL = 5
+LEVELS = ("state", "figs", "png")
 
 
-def median_seconds(fn, repeats: int = REPEATS) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def clear_caches() -> None:
+    """Forget every cached conversation set, layout and curve: the next update of a setting is a first visit."""
+    for value in vars(widgets).values():
+        if hasattr(value, "cache_clear"):
+            value.cache_clear()
 
 
-def cycling(app, control: str, values):
-    """A function that sets `control` to the next of `values` (each call is one update)."""
-    state = {"i": 0}
+def control_values(control, n: int = VALUES_PER_CONTROL) -> list:
+    """Up to n values of a control other than its current one, spread over its whole range."""
+    current = control.value
+    if isinstance(control, (W.IntSlider, W.FloatSlider)):
+        steps = int(round((control.max - control.min) / control.step))
+        picks = np.unique(np.linspace(0, steps, n + 1).round().astype(int))
+        values = [control.min + k * control.step for k in picks]
+        values = [int(v) if isinstance(control, W.IntSlider) else round(float(v), 6) for v in values]
+    elif isinstance(control, W.Checkbox):
+        values = [not current, current]
+    elif isinstance(control, W.SelectMultiple):
+        options = [o[1] if isinstance(o, tuple) else o for o in control.options]
+        values = [tuple(options[:k]) for k in range(1, len(options) + 1)]
+    else:  # Dropdown, ToggleButtons: every option (value side of (label, value) pairs)
+        values = [o[1] if isinstance(o, tuple) else o for o in control.options]
+    others = [v for v in values if v != current]
+    return (others + [current])[:max(n, 2)]
 
-    def step():
-        state["i"] += 1
-        getattr(app, control).value = values[state["i"] % len(values)]
 
-    step()
-    return step
+def control_name(app, control) -> str:
+    names = [k for k, v in vars(app).items() if v is control]
+    return names[0] if names else control.description
 
 
-def render_png(app, reuse_layout: bool = False) -> None:
-    """PNG of every figure, as IPython's inline display makes it (dpi 100); with `reuse_layout`, through the app's
-    LayoutCache as app._draw does."""
+def render_png(app) -> None:
+    """PNG of every figure of the last update as `_App._draw` shows it: LayoutCache, then IPython's PNG (dpi 100)."""
     for name, fig in app.figures.items():
-        if reuse_layout:
-            app.layouts.reuse(name, fig)
+        app.layouts.reuse(name, fig)
         fig.savefig(io.BytesIO(), format="png", dpi=100)
-        if reuse_layout:
-            app.layouts.remember(name, fig)
+        app.layouts.remember(name, fig)
 
 
-VIEWS = {
-    "formats: turns": (widgets.FormatsExplorer, "turns", [2, 3, 4]),
-    "formats: conversations": (widgets.FormatsExplorer, "n_conversations", [3, 4, 5]),
-    "weights: scheme": (widgets.WeightExplorer, "scheme", ["token-mean", "seq-mean-token-mean", "turn-mean"]),
-    "weights: long fraction": (widgets.WeightExplorer, "long_fraction", [0.1, 0.25, 0.5]),
-    "weights: alpha": (widgets.WeightExplorer, "alpha", [0.0, 0.5, 1.0]),
-    "accumulation: K": (widgets.AccumulationExplorer, "micro_batches", [2, 4, 8]),
-    "accumulation: normalisation": (widgets.AccumulationExplorer, "normalization", ["local", "global"]),
-}
-# notebook 04's Train app: a control change recomputes the closed-form P("L") of every chosen scheme (nothing trains)
-TRAIN_APP_VIEWS = {
-    "train app: long fraction": ("long_fraction", [0.1, 0.2, 0.3]),
-    "train app: long reply": ("long_len", [30, 40, 50]),
-    "train app: GA steps (local)": ("grad_accum", [2, 4, 8]),
-    "train app: format": ("layout", ["split", "multiturn", "packed"]),
-}
+def time_control(app, control, level: str) -> list[float]:
+    """Seconds per update while `control` walks its values (then back to where it was)."""
+    start = control.value
+    app.draw_figures = level != "state"
+    times = []
+    for value in control_values(control):
+        begin = time.perf_counter()
+        control.value = value  # the observer updates the app (an explorer) or its prediction (the Train app)
+        if level == "png":
+            render_png(app)
+        times.append(time.perf_counter() - begin)
+    with app.hold():
+        control.value = start
+    if level == "png":
+        render_png(app)
+    app.draw_figures = True
+    return times
 
 
-def main() -> dict:
-    app = widgets.WeightExplorer()
-    batch = app.batch()
-    baseline = median_seconds(lambda: token_weights(batch, "seq-mean-token-mean"), 50)
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other processes slow every number)")
+def make_views() -> dict:
+    dashboard = widgets.Dashboard()
+    return {
+        "01 formats": widgets.FormatsExplorer(),
+        "02 weights (= app tab 1)": dashboard.weights,
+        "03 accumulation (= app tab 2)": dashboard.accumulation,
+        "04 train app: prediction": widgets.TrainingApp(),
+        "07 framework": widgets.FrameworkExplorer(framework="trl-grpo", micro_batches=4, ranks=2),
+        "08 ΔL": widgets.DeltaLExplorer(a=1.0),
+    }
+
+
+def main(selected: list[str]) -> dict:
+    batch = widgets.WeightExplorer().batch()
+    baseline = statistics.median(_timed(lambda: token_weights(batch, "seq-mean-token-mean")) for _ in range(50))
+    load_before = os.getloadavg()
+    print(f"load average {load_before[0]:.2f} / {load_before[1]:.2f} (1 / 5 min) on {os.cpu_count()} cores")
     print(f"baseline token_weights on {batch.shape[0]}×{batch.shape[1]} batch: {baseline * 1e3:.2f} ms")
-    print(f"{'view':32s} {'state ms':>9s} {'+figs ms':>9s} {'+png ms':>9s} {'reused ms':>10s} {'reused/png':>10s}")
-    results = {"baseline_ms": baseline * 1e3, "load_average_1min": os.getloadavg()[0], "views": {}}
-    for name, (cls, control, values) in VIEWS.items():
-        app = cls()
-        if name.startswith("weights: alpha"):
-            app.scheme.value = "length-power"
-        app.draw_figures = False
-        state = median_seconds(cycling(app, control, values))
-        app.draw_figures = True
-        figs = median_seconds(cycling(app, control, values))
-        step = cycling(app, control, values)
-        png = median_seconds(lambda: (step(), render_png(app)))  # noqa: B023 - used right away
-        render_png(app, reuse_layout=True)  # the first draw: constrained layout, remembered
-        reused = median_seconds(lambda: (step(), render_png(app, reuse_layout=True)))  # noqa: B023
-        assert app.state["message"] == "" or "Invalid" not in app.state["message"], app.state["message"]
-        results["views"][name] = {"state_ms": state * 1e3, "figures_ms": figs * 1e3, "png_ms": png * 1e3,
-                                  "reused_layout_png_ms": reused * 1e3, "state_over_baseline": state / baseline}
-        print(f"{name:32s} {state * 1e3:9.1f} {figs * 1e3:9.1f} {png * 1e3:9.1f} {reused * 1e3:10.1f} "
-              f"{reused / png:10.2f}")
-    results["worst_update_ms"] = max(v["reused_layout_png_ms"] for v in results["views"].values())
-    train_app = widgets.TrainingApp(schemes=list(training_app.SCHEMES), context_turns=2, normalization="local")
-    for name, (control, values) in TRAIN_APP_VIEWS.items():
-        state = median_seconds(cycling(train_app, control, values))
-        assert not train_app.predicted.empty, train_app.prediction.value
-        results["views"][name] = {"state_ms": state * 1e3, "figures_ms": state * 1e3}
-        print(f"{name:32s} {state * 1e3:9.1f} {'(none)':>9s}")
-    results["worst_state_and_figures_ms"] = max(v["figures_ms"] for v in results["views"].values())
+    print(f"{'view: control':46s}" + "".join(f" {level + ' med':>9s} {'max':>6s}" for level in LEVELS))
+    results = {"baseline_ms": baseline * 1e3, "load_average_before": load_before[:2], "controls": {}, "views": {}}
+    for view, app in make_views().items():
+        if selected and not any(s in view for s in selected):
+            continue
+        png_times = []
+        for control in app.controls:
+            row = {}
+            for level in ("state",) if isinstance(app, widgets.TrainingApp) else LEVELS:
+                clear_caches()
+                times = time_control(app, control, level)
+                row[level] = {"median_ms": statistics.median(times) * 1e3, "max_ms": max(times) * 1e3}
+            if isinstance(app, widgets.TrainingApp):  # no figure: the prediction table is the whole update
+                row["figs"] = row["png"] = row["state"]
+            png_times.append(row["png"])
+            name = f"{view}: {control_name(app, control)}"
+            results["controls"][name] = row
+            print(f"{name:46s}" + "".join(f" {row[lv]['median_ms']:9.1f} {row[lv]['max_ms']:6.0f}" for lv in LEVELS))
+            assert "Traceback" not in app.message.value
+        medians = [t["median_ms"] for t in png_times]
+        results["views"][view] = {"median_ms": statistics.median(medians), "worst_control_ms": max(medians),
+                                  "worst_update_ms": max(t["max_ms"] for t in png_times)}
+    print(f"\n{'view (png level)':32s} {'median ms':>10s} {'worst control':>14s} {'worst update':>13s} "
+          f"{'median/baseline':>16s}")
+    for view, v in results["views"].items():
+        v["median_over_baseline"] = v["median_ms"] / results["baseline_ms"]
+        print(f"{view:32s} {v['median_ms']:10.1f} {v['worst_control_ms']:14.1f} {v['worst_update_ms']:13.1f} "
+              f"{v['median_over_baseline']:16.0f}")
+    results["worst_update_ms"] = max(v["worst_update_ms"] for v in results["views"].values())
+    results["load_average_after"] = os.getloadavg()[:2]
+    print(f"load average after {results['load_average_after'][0]:.2f}; worst update {results['worst_update_ms']:.0f} ms")
     print(json.dumps(results))
     return results
 
 
+def _timed(fn) -> float:
+    begin = time.perf_counter()
+    fn()
+    return time.perf_counter() - begin
+
+
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
