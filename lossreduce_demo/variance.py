@@ -26,7 +26,7 @@ import pandas as pd
 
 from .gradients import per_sample_gradients
 from .layouts import Batch
-from .reductions import as_scheme, token_weights
+from .reductions import Scheme, as_scheme, token_weights
 
 LENGTH_EDGES = (1, 3, 5, 8, 12, 18, 27, 40, 60)  # loss tokens per bucket: (lo, hi], about ×1.5 apart
 SIGNALS = ("per-token", "per-sequence")
@@ -108,9 +108,29 @@ def draw_minibatches(pool: Batch, schemes, batch_size: int = 16, n_batches: int 
     rng = np.random.default_rng(seed)
     draws = np.stack([rng.choice(n, batch_size, replace=False) for _ in range(n_batches)])
     schemes = [as_scheme(s) for s in schemes]
-    weights = {s.label: np.stack([sample_weights(pool.select(idx), s) for idx in draws]) for s in schemes}
+    lengths = pool.loss_mask.sum(1).numpy().astype(float)
+    weights = {s.label: _closed_form_weights(s, lengths[draws]) for s in schemes}
+    for s in schemes:  # any other scheme (or an empty row): token_weights on every mini-batch
+        if weights[s.label] is None:
+            weights[s.label] = np.stack([sample_weights(pool.select(idx), s) for idx in draws])
     full = {s.label: sample_weights(pool, s) for s in schemes}
-    return MiniBatches(pool.loss_mask.sum(1).numpy().astype(float), draws, weights, full)
+    return MiniBatches(lengths, draws, weights, full)
+
+
+def _closed_form_weights(scheme, n: np.ndarray) -> np.ndarray | None:
+    """(n_batches, B) sample weights x_i of the plain token-mean, seq-mean-token-mean and delta-l schemes
+    straight from the rows' lengths n (n_batches, B): 1 / Σ_j n_j, 1 / (B n_i) and n_i^-a / Σ_j n_j^-a (what
+    `sample_weights` gives on each mini-batch, without building one). None for any other scheme or an empty row."""
+    if (n < 1).any() or scheme not in (Scheme("token-mean"), Scheme("seq-mean-token-mean"),
+                                       Scheme("delta-l", delta_l_alpha=scheme.delta_l_alpha)):
+        return None
+    if scheme.name == "token-mean":
+        return np.broadcast_to(1 / n.sum(1, keepdims=True), n.shape).copy()
+    if scheme.name == "seq-mean-token-mean":
+        return 1 / (n.shape[1] * n)
+    log_power = -scheme.delta_l_alpha * np.log(n)
+    power = np.exp(log_power - log_power.max(1, keepdims=True))  # the largest power is 1: no overflow
+    return power / power.sum(1, keepdims=True)
 
 
 def predicted_relative_variance(batches: MiniBatches, signal: str) -> pd.DataFrame:

@@ -46,6 +46,25 @@ def test_minibatch_statistics_from_the_gram_matrix_equal_brute_force_steps(lengt
         assert row.cosine_to_sequence_mean == pytest.approx(cosine, rel=1e-8, abs=1e-10)
 
 
+@settings(max_examples=25, deadline=None)
+@given(lengths=st.lists(st.integers(1, 40), min_size=2, max_size=10), seed=st.integers(0, 10**6),
+       batch_size=st.integers(1, 4), a=st.floats(-2.0, 3.0))
+def test_closed_form_minibatch_weights_equal_token_weights_on_every_minibatch(lengths, seed, batch_size, a):
+    """draw_minibatches' shortcut (sample weights from the lengths) is what sample_weights gives on each drawn
+    mini-batch; a scheme without a shortcut (length-power) still goes through token_weights."""
+    pool = pool_of(lengths)
+    schemes = [Scheme("token-mean"), Scheme("seq-mean-token-mean"), Scheme("delta-l", delta_l_alpha=a),
+               Scheme("length-power", alpha=0.5)]
+    batch_size = min(batch_size, len(lengths))
+    batches = variance.draw_minibatches(pool, schemes, batch_size=batch_size, n_batches=6, seed=seed)
+    for scheme in schemes:
+        brute = np.stack([variance.sample_weights(pool.select(idx), scheme) for idx in batches.draws])
+        np.testing.assert_allclose(batches.weights[scheme.label], brute, rtol=1e-9, atol=1e-15)
+    assert variance._closed_form_weights(Scheme("length-power"), batches.lengths[batches.draws]) is None
+    assert variance._closed_form_weights(Scheme("token-mean", count_empty=True), batches.lengths[batches.draws]) \
+        is None
+
+
 def test_constant_denominator_schemes_are_unbiased_and_ratio_schemes_are_not():
     """seq-mean's and seq-mean-token-sum's expected mini-batch weights are exactly their pool weights (exact
     expectation: every (B of n) subset drawn once); token-mean's denominator correlates with the batch."""
