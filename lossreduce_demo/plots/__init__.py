@@ -91,10 +91,11 @@ def readable_log_scale(ax, which: str = "y") -> None:
 
 class LayoutCache:
     """Constrained layout once, fixed layout after: a widget redraws the same kind of figure on every change, and
-    constrained layout is a large part of a redraw. `reuse(name, fig)` gives a new figure the axes positions its
-    predecessor of the same name got from constrained layout — when the figure has the same size and axes and no
-    tick label or axis label is longer than then (so nothing can be pushed off the edge); `remember(name, fig)`
-    records them after a figure was drawn. Anything else is laid out afresh."""
+    constrained layout is a large part of a redraw. `reuse(name, fig)` gives a new figure the axes positions (colour
+    bars included) a predecessor of the same name and shape (size, number of axes) got from constrained layout —
+    when no tick label or axis label is longer than then (so nothing can be pushed off the edge); `remember(name,
+    fig)` records them after a figure was drawn, one layout per name and shape (a diagram whose height follows its
+    rows keeps one per row count). Anything else is laid out afresh."""
 
     def __init__(self):
         self._layouts: dict = {}
@@ -116,10 +117,8 @@ class LayoutCache:
         return widths
 
     def reuse(self, name: str, fig) -> bool:
-        shape, widths, positions = self._layouts.get(name, (None, None, None))
-        if shape != self._shape(fig) or any(ax.get_label() == "<colorbar>" for ax in fig.axes):
-            return False  # another shape, or a colour bar (its scale moves its label)
-        if any(new > old for new, old in zip(self._text_widths(fig), widths)):
+        widths, positions = self._layouts.get((name, self._shape(fig)), (None, None))
+        if widths is None or any(new > old for new, old in zip(self._text_widths(fig), widths)):
             return False
         fig.set_layout_engine("none")
         for ax, position in zip(fig.axes, positions):
@@ -130,8 +129,8 @@ class LayoutCache:
         from matplotlib.layout_engine import ConstrainedLayoutEngine
 
         if isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine):  # positions from constrained layout
-            self._layouts[name] = (self._shape(fig), self._text_widths(fig),
-                                   [ax.get_position(original=False) for ax in fig.axes])
+            self._layouts[name, self._shape(fig)] = (self._text_widths(fig),
+                                                     [ax.get_position(original=False) for ax in fig.axes])
 
 
 def show(fig) -> None:
