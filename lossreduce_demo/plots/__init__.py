@@ -118,11 +118,15 @@ class LayoutCache:
 
     def reuse(self, name: str, fig) -> bool:
         widths, positions = self._layouts.get((name, self._shape(fig)), (None, None))
-        if widths is None or any(new > old for new, old in zip(self._text_widths(fig), widths)):
+        if widths is None:
             return False
-        fig.set_layout_engine("none")
-        for ax, position in zip(fig.axes, positions):
+        for ax, position in zip(fig.axes, positions):  # first: how many ticks fit depends on the axes' size
             ax.set_position(position)
+        if any(new > old for new, old in zip(self._text_widths(fig), widths)):
+            return False  # constrained layout (still on) places the axes afresh
+        fig.set_layout_engine(None)  # no engine at all: a placeholder one still costs savefig a layout draw pass
+        if fig.get_layout_engine() is not None:  # rcParams ask for a layout by default
+            fig.set_layout_engine("none")
         return True
 
     def remember(self, name: str, fig) -> None:
