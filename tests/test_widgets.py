@@ -367,3 +367,21 @@ def test_accumulation_explorer_shows_the_row_order_even_when_the_weights_do_not_
     explorer.sort_by_length.value = True
     assert "in data order" in before and "sorted by length" in explorer.sizes.value
     assert explorer.state["max_rel_error"] < 1e-9
+
+
+def test_a_layout_refused_for_longer_labels_leaves_the_figure_as_drawn_afresh():
+    """Longer colour-bar labels (0.25 after 0.5): no reuse, and constrained layout places the axes exactly as on a
+    figure the cache never touched (the trial positions are undone and every axes stays in the layout)."""
+    from lossreduce_demo.plots import LayoutCache
+
+    app, cache = widgets.WeightExplorer(), LayoutCache()
+    app.figures["heatmap"].draw_without_rendering()
+    cache.remember("heatmap", app.figures["heatmap"])
+    app.set(long_fraction=0.5)
+    refused = app.figures["heatmap"]
+    assert not cache.reuse("heatmap", refused)
+    fresh = widgets.WeightExplorer(long_fraction=0.5).figures["heatmap"]
+    for fig in (refused, fresh):
+        fig.draw_without_rendering()
+    np.testing.assert_allclose([ax.get_position().bounds for ax in refused.axes],
+                               [ax.get_position().bounds for ax in fresh.axes], atol=1e-9)

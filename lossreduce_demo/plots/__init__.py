@@ -120,10 +120,14 @@ class LayoutCache:
         widths, positions = self._layouts.get((name, self._shape(fig)), (None, None))
         if widths is None:
             return False
+        own = [(ax.get_position(original=True), ax.get_in_layout()) for ax in fig.axes]
         for ax, position in zip(fig.axes, positions):  # first: how many ticks fit depends on the axes' size
             ax.set_position(position)
         if any(new > old for new, old in zip(self._text_widths(fig), widths)):
-            return False  # constrained layout (still on) places the axes afresh
+            for ax, (position, in_layout) in zip(fig.axes, own):  # as it was, for constrained layout (still on)
+                ax.set_position(position)
+                ax.set_in_layout(in_layout)  # set_position takes an axes out of the layout
+            return False
         fig.set_layout_engine(None)  # no engine at all: a placeholder one still costs savefig a layout draw pass
         if fig.get_layout_engine() is not None:  # rcParams ask for a layout by default
             fig.set_layout_engine("none")
