@@ -108,11 +108,22 @@ def layout_diagram(batch: Batch, *, ax=None, title: str | None = None, max_rows:
     return ax.figure
 
 
+_DIAGRAM_MARGINS = {"left": 0.75, "right": 1.85, "top": 0.32, "bottom": 0.55, "gap": 0.42}  # inches: labels, legend
+
+
 def layout_diagrams(batches: Mapping[str, Batch], *, width: float = 9.0):
-    """The same conversations in several layouts, one panel each, on a common position axis."""
+    """The same conversations in several layouts, one panel each, on a common position axis. Laid out once with
+    fixed margins in inches (room for the row labels, the titles, the legend on the right) instead of constrained
+    layout: the figure's height follows the rows, so a widget would otherwise lay out every new row count afresh."""
     rows = [b.shape[0] for b in batches.values()]
-    fig, axes = new_figure(len(batches), 1, width=width, height=1.2 + 0.22 * sum(rows) + 0.5 * len(rows),
-                           sharex=True, gridspec_kw={"height_ratios": [r + 2 for r in rows]})
+    height = 1.2 + 0.22 * sum(rows) + 0.5 * len(rows)
+    fig, axes = new_figure(len(batches), 1, width=width, height=height, sharex=True,
+                           gridspec_kw={"height_ratios": [r + 2 for r in rows]})
+    m = _DIAGRAM_MARGINS
+    mean_axes_height = (height - m["top"] - m["bottom"] - m["gap"] * (len(rows) - 1)) / len(rows)
+    fig.set_layout_engine(None)
+    fig.subplots_adjust(left=m["left"] / width, right=1 - m["right"] / width, top=1 - m["top"] / height,
+                        bottom=m["bottom"] / height, hspace=m["gap"] / mean_axes_height)
     for i, (ax, (name, batch)) in enumerate(zip(axes[:, 0], batches.items())):
         layout_diagram(batch, ax=ax, legend=i == 0)
         if name != batch.layout:
