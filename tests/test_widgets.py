@@ -327,46 +327,24 @@ def test_the_same_figure_again_reuses_its_layout():
 
 
 def test_a_layout_is_kept_per_figure_shape():
-    """The formats diagram's height follows its rows: going back to a row count seen before reuses that count's
-    layout, a new row count is laid out afresh (another shape never borrows positions)."""
+    """The heatmap's height follows its rows: going back to a format seen before reuses that row count's layout
+    (the positions constrained layout gives a fresh figure), a new row count is laid out afresh."""
     from lossreduce_demo.plots import LayoutCache
 
-    app, cache = widgets.FormatsExplorer(n_conversations=4), LayoutCache()
-    for n in (4, 5):
-        app.n_conversations.value = n
-        app.figures["layouts"].draw_without_rendering()
-        cache.remember("layouts", app.figures["layouts"])
-    app.n_conversations.value = 6
-    assert not cache.reuse("layouts", app.figures["layouts"])
-    app.n_conversations.value = 4
-    first = app.figures["layouts"]
-    assert cache.reuse("layouts", first)
-    fresh = widgets.FormatsExplorer(n_conversations=4).figures["layouts"]
+    app, cache = widgets.WeightExplorer(turns=2), LayoutCache()
+    for layout in ("multiturn", "split"):  # 16 and 32 rows: two heights
+        app.layout.value = layout
+        app.figures["heatmap"].draw_without_rendering()
+        cache.remember("heatmap", app.figures["heatmap"])
+    app.layout.value = "packed"
+    assert not cache.reuse("heatmap", app.figures["heatmap"])
+    app.layout.value = "multiturn"
+    again = app.figures["heatmap"]
+    assert cache.reuse("heatmap", again)
+    fresh = widgets.WeightExplorer(turns=2).figures["heatmap"]
     fresh.draw_without_rendering()
-    np.testing.assert_allclose([ax.get_position().bounds for ax in first.axes],
+    np.testing.assert_allclose([ax.get_position().bounds for ax in again.axes],
                                [ax.get_position().bounds for ax in fresh.axes], atol=1e-9)
-
-
-def test_ratio_training_app_trains_only_when_asked_and_reports_every_rule(monkeypatch):
-    monkeypatch.setenv("LOSSREDUCE_FAST", "1")
-    app = widgets.RatioTrainingApp(seed=0, steps=1)
-    assert app.state == {} and app.figures == {}  # nothing trains until the click (or .train())
-    state = app.train()
-    assert set(state["zero_gradient_fraction"]) == {"token", "gspo", "cispo"}
-    assert state["zero_gradient_fraction"]["cispo"] == 0.0 and widgets.state_is_finite(state)
-    assert app.status.value.startswith("done: zero-gradient tokens") and isinstance(app.figures["e10"], Figure)
-
-
-def test_accumulation_explorer_shows_the_row_order_even_when_the_weights_do_not_change():
-    """Under global normalisation sorting the rows leaves every weight exact, so the figure may not change: the
-    sizes line still says which order the micro-batches were cut from (the checkbox never looks dead)."""
-    from lossreduce_demo import widgets
-
-    explorer = widgets.AccumulationExplorer(scheme="token-mean", normalization="global", micro_batches=4)
-    before = explorer.sizes.value
-    explorer.sort_by_length.value = True
-    assert "in data order" in before and "sorted by length" in explorer.sizes.value
-    assert explorer.state["max_rel_error"] < 1e-9
 
 
 def test_a_layout_refused_for_longer_labels_leaves_the_figure_as_drawn_afresh():
@@ -385,3 +363,14 @@ def test_a_layout_refused_for_longer_labels_leaves_the_figure_as_drawn_afresh():
         fig.draw_without_rendering()
     np.testing.assert_allclose([ax.get_position().bounds for ax in refused.axes],
                                [ax.get_position().bounds for ax in fresh.axes], atol=1e-9)
+
+
+@pytest.mark.parametrize("n_conversations, turns", [(1, 1), (2, 1), (12, 5)])
+def test_formats_diagram_with_fixed_margins_stays_readable_from_one_row_to_sixty(n_conversations, turns):
+    """The formats diagram is laid out with fixed margins (no constrained layout): from the smallest to the
+    tallest setting no label is cut off and every axis keeps its labelled ticks."""
+    from figure_checks import assert_readable
+
+    fig = widgets.FormatsExplorer(n_conversations=n_conversations, turns=turns).figures["layouts"]
+    assert fig.get_layout_engine() is None
+    assert_readable(fig)
