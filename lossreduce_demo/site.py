@@ -146,11 +146,51 @@ def execute(path: Path, fast: bool, timeout: int = 1200):
             NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3", store_widget_state=True,
                            resources={"metadata": {"path": str(path.parent)}}).execute()
     except CellExecutionError as error:
-        raise RuntimeError(f"{path.name}: a cell failed while building the site:\n{error}") from None
+        raise RuntimeError(f"{path.name}: a cell failed:\n{error}") from None
     finally:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     return nb
+
+
+def execution_key(path: Path, fast: bool) -> str:
+    """What an executed copy of `path` depends on: the notebook's bytes, the package's sources, the mode."""
+    import hashlib
+
+    digest = hashlib.sha256(b"fast" if fast else b"default")
+    package = Path(__file__).resolve().parent
+    for file in [Path(path)] + sorted(package.rglob("*.py")):
+        digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
+def save_executed(nb, path: Path, fast: bool, folder: Path) -> Path:
+    """Keep an executed notebook in `folder` (tmp file + rename) for `executed` to reuse."""
+    import nbformat
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    nb = copy.deepcopy(nb)
+    nb.metadata["lossreduce_execution"] = execution_key(path, fast)
+    target = folder / Path(path).name
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=folder)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        nbformat.write(nb, f)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, target)
+    return target
+
+
+def executed(path: Path, fast: bool, folder: Path | None):
+    """`path` executed: the copy kept in `folder` if it was made from these bytes, package and mode, else run."""
+    import nbformat
+
+    kept = Path(folder) / Path(path).name if folder else None
+    if kept and kept.exists():
+        nb = nbformat.read(kept, as_version=4)
+        if nb.metadata.pop("lossreduce_execution", None) == execution_key(path, fast):
+            return nb, True
+    return execute(path, fast), False
 
 
 def count_figures(nb) -> int:
@@ -207,8 +247,9 @@ def check_output_dir(out: Path) -> None:
 
 
 def build(out: Path, fast: bool = False, repository: str | None = None, notebooks: list[Path] | None = None,
-          log=print) -> list[Page]:
-    """Execute and render `notebooks` (default: the whole suite in order) into `out`; returns the pages."""
+          log=print, reuse: Path | None = None) -> list[Page]:
+    """Execute and render `notebooks` (default: the whole suite in order) into `out`; returns the pages.
+    `reuse`: a folder of executed copies (`save_executed`) taken instead of running a notebook when current."""
     out = Path(out)
     check_output_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +261,9 @@ def build(out: Path, fast: bool = False, repository: str | None = None, notebook
         for path in paths:
             started = time.time()
             log(f"executing {path.name} ({'fast' if fast else 'default'} mode)…")
-            nb = execute(path, fast)
+            nb, kept = executed(path, fast, reuse)
+            if kept:
+                log(f"  (reused the copy executed from the same sources in {reuse})")
             seconds = time.time() - started
             snapshot_widgets(nb)
             title, summary, estimate = describe(nb)

@@ -15,6 +15,7 @@ import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 IDS = [p.stem for p in NOTEBOOKS]
+EXECUTED = NOTEBOOKS[0].parent.parent / "build" / "executed"  # fast-mode copies for tests/browser/test_site_pages.py
 
 
 def code_lengths(nb) -> list[int]:
@@ -22,23 +23,18 @@ def code_lengths(nb) -> list[int]:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
-def test_notebook_executes_without_errors(path, monkeypatch, tmp_path):
-    from jupyter_client.manager import KernelManager
-    from nbclient import NotebookClient
+def test_notebook_executes_without_errors(path, monkeypatch):
+    from lossreduce_demo import site
 
-    monkeypatch.setenv("LOSSREDUCE_FAST", "1")  # also when pytest is run by hand, not via make test
-    monkeypatch.setenv("LOSSREDUCE_THREADS", "1")
-    nb = nbformat.read(path, as_version=4)
-    # IPC sockets, not TCP ports: no port race with kernels other tests or tools start at the same time
-    km = KernelManager(kernel_name="python3", transport="ipc", ip=str(tmp_path / "kernel"))
-    NotebookClient(nb, km=km, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    monkeypatch.setenv("LOSSREDUCE_THREADS", "1")  # fast mode: site.execute sets LOSSREDUCE_FAST=1 for the kernel
+    nb = site.execute(path, fast=True, timeout=600)  # raises naming the notebook and the failing cell
     errors = [(i, out.get("ename"), out.get("evalue")) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
               for out in cell.outputs if out.output_type == "error"]
     assert not errors, errors
     # figures show up as PNG in cell outputs or, drawn inside an ipywidgets Output, in the saved widget state
     rendered = json.dumps([cell.get("outputs", []) for cell in nb.cells]) + json.dumps(nb.metadata.get("widgets", {}))
     assert "image/png" in rendered, "no figure rendered as PNG (is MPLBACKEND overriding the inline backend?)"
+    site.save_executed(nb, path, fast=True, folder=EXECUTED)  # the browser site test renders these, not a rerun
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)

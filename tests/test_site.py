@@ -79,3 +79,22 @@ def test_bad_options_name_the_option(capsys):
     with pytest.raises(SystemExit):
         site.main(["out", "--repository", "not a repo"])
     assert "--repository" in capsys.readouterr().err
+
+
+def test_an_executed_copy_is_reused_only_while_notebook_package_and_mode_are_the_same(tmp_path, monkeypatch):
+    notebook = tmp_path / "01_x.ipynb"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")])
+    nbformat.write(nb, notebook)
+    ran = []
+    monkeypatch.setattr(site, "execute", lambda path, fast: ran.append((path, fast)) or nbformat.read(path, 4))
+    nb.cells[0].outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=1)]
+    site.save_executed(nb, notebook, fast=True, folder=tmp_path / "kept")
+    kept, reused = site.executed(notebook, True, tmp_path / "kept")
+    assert reused and not ran and kept.cells[0].outputs[0]["data"]["text/plain"] == "2"
+    assert "lossreduce_execution" not in kept.metadata
+    assert site.executed(notebook, False, tmp_path / "kept")[1] is False  # another mode: run again
+    assert site.executed(notebook, True, None)[1] is False  # nothing to reuse
+    nb.cells[0].source = "1 + 2"
+    nbformat.write(nb, notebook)  # the notebook changed since
+    assert site.executed(notebook, True, tmp_path / "kept")[1] is False
+    assert len(ran) == 3

@@ -1,6 +1,6 @@
-"""Every widget of every notebook in a real JupyterLab: Run All, then each control of each widget cell is moved or
-clicked, and the cell's figures or numbers must change with no error text. Discovered, not listed: a notebook added to
-notebooks/ (NN_name.ipynb) is covered as it lands. Each notebook's key figure is screenshotted to build/screenshots/
+"""Every widget of every notebook in a real JupyterLab: Run All, the notebook's own checks (semantics.py), then each
+control of each widget cell is moved or clicked, and the cell's figures or numbers must change with no error text.
+Discovered, not listed: a notebook added to notebooks/ (NN_name.ipynb) is covered as it lands. Each notebook's key figure is screenshotted to build/screenshots/
 (lab_NN_key.png) and each widget cell after its controls moved (lab_NN_widget_K.png); the time from a control change
 to the settled new view is written to build/browser-logs/widget_latency.json (measured, not asserted: a shared
 machine makes any bound flaky; bench/widget_latency.py measures the Python side)."""
@@ -24,6 +24,7 @@ from harness import (
     shut_down_kernels,
     wait_for_view_change,
 )
+from semantics import CHECKS
 
 from lossreduce_demo.site import suite_order
 
@@ -99,6 +100,8 @@ def test_every_widget_responds_without_errors(page, lab, screenshots, path):
         key = key_figure_cell(page, stem)
         key.scroll_into_view_if_needed()
         key.locator(".jp-Cell-outputArea").screenshot(path=screenshots / f"lab_{stem[:2]}_key.png")
+        if stem in CHECKS:  # what this notebook's widgets must show, before the generic drive moves them all
+            CHECKS[stem](page, screenshots)
         cells = page.locator(".jp-CodeCell").filter(has=page.locator(".jupyter-widgets"))
         rows = []
         for k in range(cells.count()):

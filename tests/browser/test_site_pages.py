@@ -1,5 +1,6 @@
 """`make site` in a real browser: the index lists every notebook in the suite's order, and every page opens with its
-figures and no error output. The site is built once, in fast mode (LOSSREDUCE_FAST=1), into a temporary folder."""
+figures and no error output. The site is built once, in fast mode (LOSSREDUCE_FAST=1), into a temporary folder,
+from the notebooks `make test` executed (build/executed/) where made from the same sources, else by running them."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import pytest
 
 from lossreduce_demo import site
 
+EXECUTED = site.NOTEBOOKS.parent / "build" / "executed"  # written by tests/test_notebooks.py (make test)
+
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="session")
 def built_site(tmp_path_factory):
     out = tmp_path_factory.mktemp("site") / "site"
-    pages = site.build(out, fast=True)
+    pages = site.build(out, fast=True, reuse=EXECUTED)  # make test's executed copies, where still current
     return out, pages
 
 
