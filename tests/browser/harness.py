@@ -273,7 +273,8 @@ LABEL = r"""e => { const box = e.closest('.widget-inline-hbox');
 class Control:
     kind: str
     locator: object  # a playwright Locator
-    label: str
+    label: str  # kind and name, for messages: "slider 'long fraction'"
+    name: str  # the description (a button: its text)
 
 
 def controls_in(cell) -> list[Control]:
@@ -291,10 +292,12 @@ def controls_in(cell) -> list[Control]:
                 disabled = item.locator("button:not([disabled]):not(.mod-active)").count() == 0
             else:
                 disabled = item.is_disabled()
+            if kind == "dropdown" and item.evaluate("s => s.options.length") < 2:
+                continue  # one option: nothing a user can change here
             if disabled or (kind == "button" and "widget-toggle-button" in (item.get_attribute("class") or "")):
                 continue
             label = item.evaluate(LABEL)
-            found.append(Control(kind, item, f"{kind} '{label[:40]}'"))
+            found.append(Control(kind, item, f"{kind} '{label[:40]}'", label))
     return found
 
 
@@ -325,10 +328,13 @@ def operate(control: Control) -> float:
     return acted[0]
 
 
-def wait_for_view_change(page, cell, before: str, started: float, timeout_s: float, settle_s: float = 0.6) -> dict:
+def wait_for_view_change(page, cell, before: str, started: float, timeout_s: float, settle_s: float = 0.6,
+                         busy=None) -> dict:
     """Wait until the cell's view changed from `before` — its images, when it shows images (a new headline alone is
     not the new view), else its texts — and then held still for `settle_s` (a redraw of several figures arrives in
-    parts). Returns seconds from `started` to the first new image and to the settled view."""
+    parts). `busy`: a button that is disabled while its work runs (a Train button): the view counts as settled only
+    once it is enabled again (a training app redraws as it goes). Returns seconds from `started` to the first new
+    image and to the settled view."""
     images_before = json.loads(before)[0]
     expect_image = bool(images_before) or cell.locator(".widget-output").count() > 0  # an Output will show one
     deadline = started + timeout_s
@@ -341,7 +347,7 @@ def wait_for_view_change(page, cell, before: str, started: float, timeout_s: flo
             if first_image is None and (images and images != images_before if expect_image else True):
                 first_image = now
             current, last_change = now_sig, now
-        elif first_image is not None and now - last_change >= settle_s:
+        elif first_image is not None and now - last_change >= settle_s and not (busy and busy.is_disabled()):
             return {"first_image_s": round(first_image - started, 3), "settled_s": round(last_change - started, 3)}
         time.sleep(0.03)
     raise TimeoutError(f"the view did not {'settle' if first_image else 'change'} within {timeout_s:.0f} s")

@@ -40,6 +40,7 @@ def framework_explorer_follows_the_option_names(page, screenshots):
     cell.scroll_into_view_if_needed()
     page.screenshot(path=screenshots / "lab_07_2_megatron_default.png")
     assert old != new and len({before, after_framework, after_option, after_slider}) == 4
+    return frozenset({"framework", "option", "GA steps K"})  # the controls this check moved
 
 
 def beyond_the_mean_slider_and_train_button(page, screenshots):
@@ -70,7 +71,9 @@ def beyond_the_mean_slider_and_train_button(page, screenshots):
                            arg=[cell.element_handle(), images], timeout=60_000)
     cell.scroll_into_view_if_needed()
     page.screenshot(path=screenshots / "lab_08_2_trained.png")
+    return frozenset({"ΔL a", "Train"})  # the controls this check moved
 
 
-CHECKS = {"07_your_framework": framework_explorer_follows_the_option_names,
-          "08_beyond_the_mean": beyond_the_mean_slider_and_train_button}  # notebook stem -> its check
+CHECKS = {  # notebook stem -> its check, which returns the names of the controls it moved
+    "07_your_framework": framework_explorer_follows_the_option_names,
+    "08_beyond_the_mean": beyond_the_mean_slider_and_train_button}
