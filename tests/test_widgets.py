@@ -374,3 +374,25 @@ def test_formats_diagram_with_fixed_margins_stays_readable_from_one_row_to_sixty
     fig = widgets.FormatsExplorer(n_conversations=n_conversations, turns=turns).figures["layouts"]
     assert fig.get_layout_engine() is None
     assert_readable(fig)
+
+
+def test_layout_cache_refuses_a_layout_made_for_a_shorter_legend():
+    """A training app redraws as runs arrive: a legend with more or longer entries than the remembered layout's
+    would be pushed off the figure's edge, so it is laid out afresh; the same legend reuses the layout."""
+    import io
+
+    from lossreduce_demo.plots import LayoutCache, new_figure
+
+    def ratio_figure(names):
+        fig, ax = new_figure(width=6)
+        for i, name in enumerate(names):
+            ax.plot([0, 1], [i, i + 1], label=name)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        return fig
+
+    cache = LayoutCache()
+    first = ratio_figure(["GRPO"])
+    first.savefig(io.BytesIO(), format="png")
+    cache.remember("ratio", first)
+    assert not cache.reuse("ratio", ratio_figure(["GRPO", "DAPO", "Dr. GRPO (seq-mean-token-sum-norm)"]))
+    assert cache.reuse("ratio", ratio_figure(["GRPO"]))

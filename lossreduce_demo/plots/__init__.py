@@ -93,7 +93,8 @@ class LayoutCache:
     """Constrained layout once, fixed layout after: a widget redraws the same kind of figure on every change, and
     constrained layout is a large part of a redraw. `reuse(name, fig)` gives a new figure the axes positions (colour
     bars included) a predecessor of the same name and shape (size, number of axes) got from constrained layout —
-    when no tick label or axis label is longer than then (so nothing can be pushed off the edge); `remember(name,
+    when no tick label, axis label, title or legend entry is longer, and no legend has more entries, than then (so
+    nothing can be pushed off the edge: a training app's legend grows as its runs arrive); `remember(name,
     fig)` records them after a figure was drawn, one layout per name and shape (a diagram whose height follows its
     rows keeps one per row count). Anything else is laid out afresh."""
 
@@ -106,14 +107,19 @@ class LayoutCache:
 
     @staticmethod
     def _text_widths(fig) -> list[int]:
-        """Characters of the longest tick label of every axis and of every axis label (computed, not drawn)."""
-        widths = []
+        """Characters of the longest tick label of every axis, of every axis label and title, and of the longest
+        legend entry with the number of entries (computed, not drawn)."""
+        widths = [len(fig.get_suptitle()) if hasattr(fig, "get_suptitle") else 0]
         for ax in fig.axes:
             for axis in (ax.xaxis, ax.yaxis):
                 lo, hi = sorted(axis.get_view_interval())
                 ticks = [t for t in axis.get_major_locator()() if lo <= t <= hi]
                 labels = axis.get_major_formatter().format_ticks(ticks) if ticks else []
                 widths += [max((len(str(label)) for label in labels), default=0), len(axis.get_label_text())]
+            legend = ax.get_legend()
+            entries = [t.get_text() for t in legend.get_texts()] if legend else []
+            widths += [max(map(len, ax.get_title().splitlines() or [""])), max(map(len, entries), default=0),
+                       len(entries)]
         return widths
 
     def reuse(self, name: str, fig) -> bool:
