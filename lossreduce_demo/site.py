@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import mistune
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 MARKER = ".lossreduce-site"  # written into every site built here: only such a folder is ever replaced
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -30,6 +32,7 @@ WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 CONTROL_MODELS = {"IntSliderModel", "FloatSliderModel", "FloatLogSliderModel", "DropdownModel",
                   "ToggleButtonsModel", "CheckboxModel", "SelectMultipleModel", "IntTextModel", "FloatTextModel",
                   "RadioButtonsModel", "SelectModel", "TextModel"}
+_MARKDOWN = mistune.create_markdown(escape=True)
 COLAB = "https://colab.research.google.com/github/{repository}/blob/main/notebooks/{name}"
 
 
@@ -52,12 +55,33 @@ def suite_order(folder: Path = NOTEBOOKS) -> list[Path]:
 
 
 def describe(nb) -> tuple[str, list[str], str]:
-    """(title, "What you will see" items, time estimate) from the notebook's opening markdown cell."""
+    """(title, "What you will see" items, time estimate) from the notebook's opening markdown cell, as markdown.
+
+    A list item or the ⏱ line may wrap over several lines: they are joined (a blank line or the next item ends one)."""
     text = next((c.source for c in nb.cells if c.cell_type == "markdown"), "")
     title = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), "notebook")
-    items = [re.sub(r"^\s*\d+\.\s*", "", line).strip() for line in text.splitlines() if re.match(r"^\s*\d+\.\s", line)]
-    time_line = next((line.strip("⏱ ").strip() for line in text.splitlines() if line.startswith("⏱")), "")
-    return title, items, time_line
+    items, time_lines, current = [], [], None
+    for line in map(str.strip, text.splitlines()):
+        numbered = re.match(r"\d+\.\s+(.*)", line)
+        if not line:
+            current = None
+        elif numbered:
+            items.append(numbered.group(1))
+            current = items
+        elif line.startswith("⏱"):
+            time_lines.append(line.strip("⏱ "))
+            current = time_lines
+        elif current is items:
+            items[-1] += " " + line
+        elif current is time_lines:
+            time_lines.append(line)
+    return title, items, " ".join(time_lines)
+
+
+def inline_html(markdown: str) -> str:
+    """One line of markdown (bold, italics, code, links) as HTML; raw HTML in it is escaped, not passed through."""
+    rendered = _MARKDOWN(markdown).strip()
+    return rendered[3:-4] if rendered.startswith("<p>") and rendered.endswith("</p>") else rendered
 
 
 def _widget_models(nb) -> dict:
@@ -219,11 +243,11 @@ def _run_links(notebook: str, repository: str | None) -> str:
 def index_html(pages: list[Page], repository: str | None, fast: bool) -> str:
     rows = []
     for i, page in enumerate(pages):
-        items = "".join(f"<li>{html.escape(item)}</li>" for item in page.summary)
+        items = "".join(f"<li>{inline_html(item)}</li>" for item in page.summary)
         rows.append(f"""<section class="notebook" id="nb{i}">
   <h2><a href="{page.html_name}">{html.escape(page.title)}</a></h2>
   <ol>{items}</ol>
-  <p class="meta">{html.escape(page.time)} · {page.figures} figures · executed in {page.seconds:.0f} s</p>
+  <p class="meta">{inline_html(page.time)} · {page.figures} figures · executed in {page.seconds:.0f} s</p>
   <p class="run">Run it: {_run_links(page.notebook, repository)}</p>
 </section>""")
     mode = "fast mode (LOSSREDUCE_FAST=1: short training runs, rough numbers)" if fast else "default mode"

@@ -3,6 +3,9 @@ The full build (every notebook executed and opened in a browser) is tests/browse
 
 from __future__ import annotations
 
+import re
+
+import mistune
 import nbformat
 import pytest
 
@@ -22,6 +25,37 @@ def test_every_notebook_describes_itself_for_the_index():
         assert title and title != "notebook", path.name
         assert len(items) == 3, (path.name, items)  # "What you will see": three lines
         assert estimate, path.name
+
+
+def _opening_list_html(nb) -> list[str]:
+    """The "What you will see" items as mistune renders the whole opening cell, whitespace collapsed."""
+    text = next(c.source for c in nb.cells if c.cell_type == "markdown")
+    first_list = re.search(r"<ol>(.*?)</ol>", mistune.html(text), re.S).group(1)
+    return [" ".join(item.split()) for item in re.findall(r"<li>(.*?)</li>", first_list, re.S)]
+
+
+@pytest.mark.parametrize("path", site.suite_order(), ids=lambda p: p.stem)
+def test_index_items_are_whole_list_items_ending_in_a_full_stop(path):
+    nb = nbformat.read(path, as_version=4)
+    _, items, estimate = site.describe(nb)
+    assert [site.inline_html(item) for item in items] == _opening_list_html(nb)  # wrapped lines joined, none cut
+    assert all(item.endswith((".", "?", "!")) for item in items), items
+    assert estimate.endswith((".", ")")) and "\n" not in estimate, estimate
+
+
+def test_index_renders_inline_markdown_never_raw_asterisks_or_backticks():
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_markdown_cell(
+        "# T\n\n**What you will see**\n1. A **Train** button and\n   `torch.distributed`, *live*.\n"
+        "2. A [link](https://example.org) & <b>raw</b> tag.\n3. Three.\n\n⏱ About 5 minutes; `make app`\nruns it."))
+    title, items, estimate = site.describe(nb)
+    assert items[0] == "A **Train** button and `torch.distributed`, *live*." and estimate.endswith("runs it.")
+    text = site.index_html([site.Page("t.ipynb", "t.html", title, items, estimate, 0, 1.0)], None, fast=True)
+    assert "<strong>Train</strong>" in text and "<code>torch.distributed</code>" in text and "<em>live</em>" in text
+    assert '<a href="https://example.org">link</a>' in text and "&amp; &lt;b&gt;raw&lt;/b&gt;" in text
+    assert "<code>make app</code>" in text
+    body = text[text.index("<body>"):]
+    assert "**" not in body and "`" not in body
 
 
 def _widget_notebook():
