@@ -42,6 +42,7 @@ P_LONG_TOKEN = ord("L")
 P_SHORT_TOKEN = ord("S")
 E1_STEPS, E1_LR_DECAY = 600, 0.01  # E1 measures a converged optimum (see run_e1); fast mode: 12 steps, constant lr
 SPLITS = ((16, 1), (8, 2), (4, 4), (2, 8), (1, 16))  # (micro-batch size, grad accum) of E2
+E2_DTYPE = "float64"  # E2 trains in it: global's distance is rounding (~1e-14) on any machine
 
 
 # ------------------------------------------------------------------------------------------ predictions
@@ -265,7 +266,7 @@ def run_e2(seeds: int = 3) -> ExperimentResult:
             reference = None
             for bsz, ga in SPLITS:
                 cfg = _config(seed, steps=steps, micro_batch_size=bsz, grad_accum=ga, eval_every=steps, lr_decay=1.0,
-                              dtype="float64")  # float64: global's distance is rounding (~1e-12) on any machine
+                              dtype=E2_DTYPE)
                 result = train(train_set, runs, cfg, heldout=heldout)
                 if reference is None:
                     reference = result.models[1]  # (16, 1): local and global are the same run
