@@ -303,9 +303,15 @@ class WeightExplorer(_App):
             notes.append("Every sample has the same number of loss tokens: all schemes weight tokens equally.")
         state = {"scheme": scheme.label, "profile": profile, "buckets": buckets[scheme.label],
                  "total_weight": float(weights.sum()), **_extremes(profile)}
-        state["headline"] = (f"{scheme.label}: a token of the shortest reply weighs {state['shortest_over_longest']:.3g}× "
-                             f"one of the longest · the longer half of the samples gets {state['share_longer_half']:.0%} "
-                             f"of the step ({state['tokens_longer_half']:.0%} of the loss tokens)")
+        if profile.length.nunique() == 1:  # no longer half to speak of
+            state["headline"] = (f"{scheme.label}: every sample has {int(profile.length.iloc[0])} loss tokens, so "
+                                 "every scheme gives every token the same weight · shortest ÷ longest "
+                                 f"{state['shortest_over_longest']:.3g}×")
+        else:
+            state["headline"] = (f"{scheme.label}: a token of the shortest reply weighs "
+                                 f"{state['shortest_over_longest']:.3g}× one of the longest · the longer half of the "
+                                 f"samples gets {state['share_longer_half']:.0%} of the step "
+                                 f"({state['tokens_longer_half']:.0%} of the loss tokens)")
         return state, lambda: {
             "heatmap": plots.weight_heatmap(batch, weights, title=f"{scheme.label}: weight per token vs token-mean"),
             "length": plots.weight_vs_length({scheme.label: profile, "token-mean": ref_profile}),

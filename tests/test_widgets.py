@@ -271,6 +271,17 @@ def test_every_explorer_shows_its_headline_number_as_text():
     assert weights.headline.value == ""
 
 
+# a 5-letter reply is 6 loss tokens (its end-of-turn token too); multi-turn: a sample is the whole conversation
+@pytest.mark.parametrize("layout, turns, tokens", [("multiturn", 1, 6), ("multiturn", 3, 18), ("split", 3, 6)])
+def test_weight_headline_at_equal_lengths_says_every_token_weighs_the_same(layout, turns, tokens):
+    app = widgets.WeightExplorer(family="fixed", short_mean=5, layout=layout, turns=turns, scheme="seq-mean-token-mean")
+    headline = app.headline.value
+    assert f"every sample has {tokens} loss tokens" in headline and "the same weight" in headline, headline
+    assert "shortest ÷ longest 1×" in headline and "longer half" not in headline and "0%" not in headline
+    app.set(family="bimodal")  # mixed lengths: the longer half is back
+    assert "longer half" in app.headline.value and "every sample has" not in app.headline.value
+
+
 def test_dashboard_tab_labels_fit_their_tabs():
     titles = widgets.Dashboard(n_conversations=4).widget.titles
     assert all(len(t) <= 18 for t in titles), titles  # ~144 px per tab in JupyterLab and Voilà
