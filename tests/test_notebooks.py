@@ -35,6 +35,45 @@ def test_notebook_executes_without_errors(path, monkeypatch):
     rendered = json.dumps([cell.get("outputs", []) for cell in nb.cells]) + json.dumps(nb.metadata.get("widgets", {}))
     assert "image/png" in rendered, "no figure rendered as PNG (is MPLBACKEND overriding the inline backend?)"
     site.save_executed(nb, path, fast=True, folder=EXECUTED)  # the browser site test renders these, not a rerun
+    assert_no_numpy_scalar_reprs(nb)
+
+
+NUMPY_SCALAR_REPR = re.compile(r"(?<![\w.])np\.(?:float|int|uint|bool|complex|str|bytes|datetime|timedelta)\w*\(")
+
+
+def _strings(value):
+    """Every string inside an output (stream text, text/plain, text/html …) or a widget state, at any depth."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def assert_no_numpy_scalar_reprs(nb) -> None:
+    """A reader should see 3.71, not np.float64(3.71) (numpy ≥ 2's repr of a scalar inside a list, dict or tuple):
+    every output, the ones drawn inside widgets' Outputs included."""
+    places = [(i, cell.get("outputs", [])) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"]
+    found = [(where, m.group(0)) for where, outputs in places + [("widgets", nb.metadata.get("widgets", {}))]
+             for text in _strings(outputs) for m in NUMPY_SCALAR_REPR.finditer(text)]
+    assert not found, f"numpy scalar reprs in the output (cell, repr): {found}"
+
+
+def test_the_numpy_repr_check_catches_one_in_a_print_and_in_a_widget():
+    nb = nbformat.v4.new_notebook()
+    nb.cells.append(nbformat.v4.new_code_cell("print([np.float64(3.71)])", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text="[3.71, 2]\nthe mean (a np.float64) is 3.71\n")]))
+    assert_no_numpy_scalar_reprs(nb)  # the source may say it; only outputs count
+    nb.cells[0].outputs[0].text = "means:\nnp.float64(3.71), np.int64(2)\n"  # at a line start too
+    with pytest.raises(AssertionError, match=r"np\.float64\("):
+        assert_no_numpy_scalar_reprs(nb)
+    nb.cells[0].outputs = []
+    nb.metadata["widgets"] = {"state": {"out": {"state": {"outputs": [{"text": "{'p': np.float32(0.5)}"}]}}}}
+    with pytest.raises(AssertionError, match=r"np\.float32\("):
+        assert_no_numpy_scalar_reprs(nb)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
