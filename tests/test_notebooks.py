@@ -88,6 +88,23 @@ def test_notebook_is_stored_clean_with_short_cells(path):
     assert max(lengths) <= 30, f"a code cell has {max(lengths)} lines"
 
 
+def _table_minutes(text: str, key: str) -> dict[str, str]:
+    """{name: minutes} of a markdown table's rows `| <name cell> | … | N min |`, the name matched by `key`."""
+    return {m.group(1): m.group(2) for m in re.finditer(key + r".*\| (\d+) min \|$", text, re.M)}
+
+
+def test_time_estimates_have_one_form_and_agree_with_the_readme_and_notebook_00():
+    readme = _table_minutes((NOTEBOOKS[0].parent.parent / "README.md").read_text(encoding="utf-8"), r"^\| `(\w+)`")
+    suite_map = next(c.source for c in nbformat.read(NOTEBOOKS[0], as_version=4).cells if "## The suite" in c.source)
+    in_00 = _table_minutes(suite_map, r"^\| \*\*(\d\d|app)\b")
+    for path in NOTEBOOKS:
+        opening = nbformat.read(path, as_version=4).cells[0].source
+        estimate = re.search(r"^⏱ About (\d+) minutes\b", opening, re.M)
+        assert estimate, f"{path.name}: the time line reads '⏱ About N minutes…'"
+        assert readme.get(path.stem) == estimate.group(1), (path.name, "README", readme.get(path.stem))
+        assert in_00.get(path.stem.split("_")[0]) == estimate.group(1), (path.name, "00's suite map")
+
+
 SUITE = [p for p in NOTEBOOKS if re.match(r"\d\d_", p.name)]  # the numbered lessons (apps like app.ipynb differ)
 
 
