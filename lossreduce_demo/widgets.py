@@ -267,10 +267,12 @@ def _scheme(app, batch: Batch, notes: list[str]) -> Scheme:
 
 
 def _extremes(profile: pd.DataFrame) -> dict:
-    """Relative weight per token of the shortest and the longest samples, and the step share of the longer half."""
+    """Relative weight per token of the shortest and the longest samples, and the step share of the longer half:
+    the len // 2 longest samples by rank (ties in batch order), so it is half the samples even when many share the
+    longest length."""
     short = profile[profile.length == profile.length.min()]
     long = profile[profile.length == profile.length.max()]
-    longer_half = profile.length > profile.length.median()
+    longer_half = (profile.length.rank(method="first", ascending=False) <= len(profile) // 2).to_numpy()
     return {"relative_shortest": float(short.relative.mean()), "relative_longest": float(long.relative.mean()),
             "shortest_over_longest": float(short.relative.mean() / long.relative.mean()),
             "share_longer_half": float(profile.share[longer_half].sum()),

@@ -407,3 +407,15 @@ def test_layout_cache_refuses_a_layout_made_for_a_shorter_legend():
     cache.remember("ratio", first)
     assert not cache.reuse("ratio", ratio_figure(["GRPO", "DAPO", "Dr. GRPO (seq-mean-token-sum-norm)"]))
     assert cache.reuse("ratio", ratio_figure(["GRPO"]))
+
+
+def test_longer_half_is_half_the_samples_even_when_most_share_the_longest_length():
+    import pandas as pd
+
+    from lossreduce_demo.widgets import _extremes
+
+    lengths = [5, 30, 30, 30]  # median 30: nothing is longer than the median
+    profile = pd.DataFrame({"length": lengths, "relative": [1.0] * 4, "share": [n / 95 for n in lengths]})
+    state = _extremes(profile)
+    assert state["tokens_longer_half"] == pytest.approx(60 / 95)  # two of the 30-token samples
+    assert state["share_longer_half"] == pytest.approx(60 / 95)
