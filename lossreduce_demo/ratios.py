@@ -44,12 +44,17 @@ def _check(eps_low: float, eps_high: float) -> None:
         raise ValueError(f"clip range eps_low={eps_low!r}, eps_high={eps_high!r}: both must be > 0")
 
 
-def token_ppo_loss(logp, old_logp, advantage, mask, eps_low: float = 0.2, eps_high: float = 0.2) -> torch.Tensor:
-    """(B, T) per-token clipped surrogate −min(ρ A, clip(ρ) A), 0 off the mask (aggregate with a weight map)."""
+def clipped_surrogate(logp, old_logp, advantage, eps_low: float = 0.2, eps_high: float = 0.2) -> torch.Tensor:
+    """PPO's per-token loss −min(ρ A, clip(ρ, 1−ε_low, 1+ε_high) A), ρ = exp(logp − old_logp), unreduced;
+    `advantage` broadcasts against logp (one per response: shape (B, 1))."""
     _check(eps_low, eps_high)
-    rho, a = torch.exp(logp - old_logp), advantage[:, None]
-    loss = -torch.minimum(rho * a, rho.clamp(1 - eps_low, 1 + eps_high) * a)
-    return torch.where(mask, loss, 0.0)
+    rho = torch.exp(logp - old_logp)
+    return -torch.minimum(rho * advantage, rho.clamp(1 - eps_low, 1 + eps_high) * advantage)
+
+
+def token_ppo_loss(logp, old_logp, advantage, mask, eps_low: float = 0.2, eps_high: float = 0.2) -> torch.Tensor:
+    """(B, T) per-token clipped surrogate, advantage (B,), 0 off the mask (aggregate with a weight map)."""
+    return torch.where(mask, clipped_surrogate(logp, old_logp, advantage[:, None], eps_low, eps_high), 0.0)
 
 
 def gspo_loss(logp, old_logp, advantage, mask, eps_low: float = 3e-4, eps_high: float = 4e-4) -> torch.Tensor:

@@ -211,13 +211,6 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logq.exp() * logq).sum(-1)
 
 
-def clipped_pg_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantage: torch.Tensor,
-                    clip_eps: float = 0.2) -> torch.Tensor:
-    """Per-token PPO loss -min(rho A, clip(rho, 1-eps, 1+eps) A), rho = exp(logp - old_logp); unreduced."""
-    rho = torch.exp(logp - old_logp)
-    return -torch.minimum(rho * advantage, rho.clamp(1 - clip_eps, 1 + clip_eps) * advantage)
-
-
 def response_batch(prompt: list[int], responses: list[list[int]]) -> Batch:
     """Prompt + response rows as a format-B `layouts.Batch`: one sample (and turn) per response, loss on it."""
     n = len(prompt)
@@ -373,7 +366,7 @@ def rl_loss(logp: torch.Tensor, old_logp: torch.Tensor, batch: Batch, rewards: t
         if cfg.ratio == "gspo":
             return ratios.gspo_loss(logp, old_logp, adv, mask, cfg.clip_eps, high)
         return (w * ratios.cispo_loss(logp, old_logp, adv, mask, high, cfg.clip_eps)).sum()
-    per_token = clipped_pg_loss(logp, old_logp, adv[:, None], cfg.clip_eps)  # (B, T-1)
+    per_token = ratios.clipped_surrogate(logp, old_logp, adv[:, None], cfg.clip_eps, cfg.clip_eps)  # (B, T-1)
     return (w * per_token).sum()
 
 

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lossreduce_demo import rl
+from lossreduce_demo import ratios, rl
 from lossreduce_demo.model import IGNORE_INDEX
 from lossreduce_demo.tokenizer import EOT, encode
 from lossreduce_demo.train import first_reply_position
@@ -77,7 +77,7 @@ def test_clipped_objective_by_hand():
     old = torch.zeros(4)
     logp = torch.log(torch.tensor([1.5, 1.5, 0.5, 0.5])).requires_grad_()
     adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
-    loss = rl.clipped_pg_loss(logp, old, adv, clip_eps=0.2)
+    loss = ratios.clipped_surrogate(logp, old, adv, 0.2, 0.2)
     # -min(rho A, clip(rho) A): rho 1.5 -> clip 1.2; rho 0.5 -> clip 0.8
     assert torch.allclose(loss, torch.tensor([-1.2, 1.5, -0.5, 0.8]), atol=1e-6)
     loss.sum().backward()
@@ -88,7 +88,7 @@ def test_clipped_objective_by_hand():
 def test_on_policy_gradient_is_plain_policy_gradient():
     logp = torch.log(torch.tensor([0.3, 0.6])).requires_grad_()
     adv = torch.tensor([2.0, -1.0])
-    rl.clipped_pg_loss(logp, logp.detach(), adv).sum().backward()
+    ratios.clipped_surrogate(logp, logp.detach(), adv).sum().backward()
     assert torch.allclose(logp.grad, -adv)  # rho = 1: the gradient of -A log pi
 
 
