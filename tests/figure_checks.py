@@ -3,7 +3,8 @@
 `figure_problems(fig)` returns one line per problem (empty list: readable); `assert_readable(fig)` fails with them.
 Checked on every visible axes (colour bars included):
   - every data axis shows ≥ 2 labelled ticks inside its view (log axes too); an axis sharing its range with a
-    sibling that shows them (the upper panels of a grid) is fine;
+    sibling that shows them (the upper panels of a grid) is fine, and so is a categorical axis (fixed ticks at
+    whole numbers) with a single category in view (a one-row diagram: its row 0 is all there is to label);
   - bars sit on a linear value axis whose view includes 0 (a bar on a log axis starts at an arbitrary floor);
   - a legend inside an axes covers no data (line vertices, markers, bars);
   - the tick labels of an axis do not overlap each other;
@@ -18,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PathCollection
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator
 
 EDGE_PX = 1.0  # text may touch the figure's edge by this much (anti-aliasing)
 
@@ -44,6 +46,14 @@ def _is_colorbar(ax) -> bool:
     return ax.get_label() == "<colorbar>"
 
 
+def _single_category(axis) -> bool:
+    """A categorical axis (fixed ticks at whole numbers) whose view spans one category, its tick labelled."""
+    lo, hi = sorted(axis.get_view_interval())
+    ticks = labelled_ticks(axis)
+    return (isinstance(axis.get_major_locator(), FixedLocator) and hi - lo <= 1 + 1e-9 and len(ticks) == 1
+            and ticks[0].is_integer())
+
+
 def _tick_problems(ax, name: str) -> list[str]:
     problems = []
     if _is_colorbar(ax):  # only the long side of a colour bar carries the scale
@@ -56,7 +66,7 @@ def _tick_problems(ax, name: str) -> list[str]:
         group = ax.get_shared_x_axes() if letter == "x" else ax.get_shared_y_axes()
         siblings = [a for a in group.get_siblings(ax) if a.get_visible()]
         best = max(len(labelled_ticks(a.xaxis if letter == "x" else a.yaxis)) for a in siblings)
-        if best < 2:
+        if best < 2 and not _single_category(axis):
             scale = axis.get_scale()
             problems.append(f"{name}: {letter} axis ({scale}) has {best} labelled tick(s) in view "
                             f"{tuple(round(float(v), 6) for v in axis.get_view_interval())}, needs ≥ 2")

@@ -325,34 +325,48 @@ def test_rl_train_click_prints_the_ratio_at_matched_reward(monkeypatch):
     assert "at matched reward 0.70: GRPO 3" in app.headline.value and "done" in app.message.value
 
 
+def constrained_heatmap(app) -> Figure:
+    """The weight explorer's heatmap drawn into a constrained-layout figure (its colour bar taking room from the
+    axes), whose height follows the rows: a figure for LayoutCache to lay out (the explorer's own has fixed margins)."""
+    from lossreduce_demo import plots
+    from lossreduce_demo.reductions import token_weights
+
+    batch = app.batch()
+    fig, ax = plots.new_figure(width=7.5, height=max(2.8, 1.2 + 0.16 * batch.shape[0]))
+    return plots.weight_heatmap(batch, token_weights(batch, app.scheme.value), ax=ax)
+
+
 def test_the_same_figure_again_reuses_its_layout():
     from lossreduce_demo.plots import LayoutCache
 
-    app, cache = widgets.WeightExplorer(), LayoutCache()
-    for name, fig in app.figures.items():
+    app, cache = widgets.AccumulationExplorer(), LayoutCache()
+    figures = {**app.figures, "heatmap": constrained_heatmap(app)}
+    for name, fig in figures.items():
         fig.draw_without_rendering()  # constrained layout places the axes
         cache.remember(name, fig)
     app.update()
-    assert {name for name, fig in app.figures.items() if cache.reuse(name, fig)} == {"heatmap", "length", "buckets"}
-    assert all(fig.get_layout_engine() is None for fig in app.figures.values())  # fixed: no layout pass at all
+    figures = {**app.figures, "heatmap": constrained_heatmap(app)}
+    assert {name for name, fig in figures.items() if cache.reuse(name, fig)} == {"weights", "heatmap"}
+    assert all(fig.get_layout_engine() is None for fig in figures.values())  # fixed: no layout pass at all
 
 
 def test_a_layout_is_kept_per_figure_shape():
-    """The heatmap's height follows its rows: going back to a format seen before reuses that row count's layout
+    """A heatmap's height follows its rows: going back to a format seen before reuses that row count's layout
     (the positions constrained layout gives a fresh figure), a new row count is laid out afresh."""
     from lossreduce_demo.plots import LayoutCache
 
     app, cache = widgets.WeightExplorer(turns=2), LayoutCache()
     for layout in ("multiturn", "split"):  # 16 and 32 rows: two heights
         app.layout.value = layout
-        app.figures["heatmap"].draw_without_rendering()
-        cache.remember("heatmap", app.figures["heatmap"])
+        figure = constrained_heatmap(app)
+        figure.draw_without_rendering()
+        cache.remember("heatmap", figure)
     app.layout.value = "packed"
-    assert not cache.reuse("heatmap", app.figures["heatmap"])
+    assert not cache.reuse("heatmap", constrained_heatmap(app))
     app.layout.value = "multiturn"
-    again = app.figures["heatmap"]
+    again = constrained_heatmap(app)
     assert cache.reuse("heatmap", again)
-    fresh = widgets.WeightExplorer(turns=2).figures["heatmap"]
+    fresh = constrained_heatmap(widgets.WeightExplorer(turns=2))
     fresh.draw_without_rendering()
     np.testing.assert_allclose([ax.get_position().bounds for ax in again.axes],
                                [ax.get_position().bounds for ax in fresh.axes], atol=1e-9)
@@ -364,12 +378,13 @@ def test_a_layout_refused_for_longer_labels_leaves_the_figure_as_drawn_afresh():
     from lossreduce_demo.plots import LayoutCache
 
     app, cache = widgets.WeightExplorer(), LayoutCache()
-    app.figures["heatmap"].draw_without_rendering()
-    cache.remember("heatmap", app.figures["heatmap"])
+    first = constrained_heatmap(app)
+    first.draw_without_rendering()
+    cache.remember("heatmap", first)
     app.set(long_fraction=0.5)
-    refused = app.figures["heatmap"]
+    refused = constrained_heatmap(app)
     assert not cache.reuse("heatmap", refused)
-    fresh = widgets.WeightExplorer(long_fraction=0.5).figures["heatmap"]
+    fresh = constrained_heatmap(widgets.WeightExplorer(long_fraction=0.5))
     for fig in (refused, fresh):
         fig.draw_without_rendering()
     np.testing.assert_allclose([ax.get_position().bounds for ax in refused.axes],
@@ -380,11 +395,30 @@ def test_a_layout_refused_for_longer_labels_leaves_the_figure_as_drawn_afresh():
 def test_formats_diagram_with_fixed_margins_stays_readable_from_one_row_to_sixty(n_conversations, turns):
     """The formats diagram is laid out with fixed margins (no constrained layout): from the smallest to the
     tallest setting no label is cut off and every axis keeps its labelled ticks."""
-    from figure_checks import assert_readable
+    from figure_checks import assert_readable, labelled_ticks
 
     fig = widgets.FormatsExplorer(n_conversations=n_conversations, turns=turns).figures["layouts"]
     assert fig.get_layout_engine() is None
     assert_readable(fig)
+    fig.draw_without_rendering()
+    for ax in fig.axes:  # whole rows only: a one-row panel shows row 0, not −0.5, 0, 0.5
+        rows = labelled_ticks(ax.yaxis)
+        assert rows and all(r.is_integer() for r in rows), rows
+
+
+def test_one_category_exception_of_the_tick_check_is_narrow():
+    """A fixed-tick axis spanning one category passes with its one labelled tick; spanning two it does not."""
+    from figure_checks import figure_problems
+
+    from lossreduce_demo import plots
+
+    fig, ax = plots.new_figure()
+    ax.plot([0, 1], [0, 0])
+    ax.set_ylim(0.5, -0.5)
+    ax.set_yticks([0])
+    assert figure_problems(fig) == []
+    ax.set_ylim(1.5, -0.5)
+    assert any("y axis (linear) has 1 labelled tick" in p for p in figure_problems(fig)), figure_problems(fig)
 
 
 def test_layout_cache_refuses_a_layout_made_for_a_shorter_legend():
@@ -419,3 +453,36 @@ def test_longer_half_is_half_the_samples_even_when_most_share_the_longest_length
     state = _extremes(profile)
     assert state["tokens_longer_half"] == pytest.approx(60 / 95)  # two of the 30-token samples
     assert state["share_longer_half"] == pytest.approx(60 / 95)
+
+
+WEIGHT_SETTINGS = [{"turns": 1}, {"turns": 5}, {"layout": "packed"}, {"turns": 5, "layout": "packed"},
+                   {"layout": "split", "turns": 5}, {"family": "fixed", "short_mean": 5},
+                   {"scheme": "length-power", "alpha": 2.0, "short_mean": 1, "long_mean": 60},
+                   {"scheme": "seq-mean-token-sum-norm", "long_fraction": 1.0}]
+
+
+@pytest.mark.parametrize("settings", WEIGHT_SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_weight_explorer_figures_with_fixed_margins_stay_readable(settings):
+    """The weight explorer's three figures are laid out with fixed margins in inches (no layout pass on a first
+    visit): at 1 and 5 turns, packed, split, equal lengths and the widest colour scale, every axis keeps ≥ 2
+    labelled ticks and no text (legend, colour bar labels, titles) leaves the figure."""
+    from figure_checks import assert_readable
+
+    app = widgets.WeightExplorer(**settings)
+    assert set(app.figures) == {"heatmap", "length", "buckets"}
+    for fig in app.figures.values():
+        assert fig.get_layout_engine() is None
+        assert_readable(fig)
+
+
+@pytest.mark.parametrize("name", ["heatmap", "length", "buckets"])
+def test_fixed_margin_checks_catch_a_margin_too_small(name):
+    """Negative control: the same figure with its left margin squeezed to 0.05 in (no room for the y tick labels
+    and the y label) is reported."""
+    from figure_checks import figure_problems
+
+    from lossreduce_demo.plots import fixed_margins
+
+    fig = widgets.WeightExplorer(turns=5).figures[name]
+    fixed_margins(fig, left=0.05, right=3.0, top=0.3, bottom=0.5)
+    assert any("cut off by the figure's edge" in p for p in figure_problems(fig)), figure_problems(fig)

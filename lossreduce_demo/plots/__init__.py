@@ -40,11 +40,47 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 7.0, height: fl
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    with plt.rc_context({"axes.titley": 1.0}):  # titles at the top edge (none has ticks there): not re-placed
+        axes = fig.subplots(nrows, ncols, squeeze=False, **kw)  # after measuring the x axis on every draw
     for ax in axes.flat:
         ax.grid(True, alpha=0.25, linewidth=0.6)
         ax.spines[["top", "right"]].set_visible(False)
     return fig, (axes[0, 0] if nrows == ncols == 1 else axes)
+
+
+def fixed_margins(fig, *, left: float, right: float, top: float, bottom: float, wspace: float = 0.0,
+                  hspace: float = 0.0) -> None:
+    """Place a new_figure's panels with margins and gaps between panels in inches instead of constrained layout:
+    a widget redraws its figures on every change, and constrained layout is much of a first draw's cost."""
+    width, height = fig.get_size_inches()
+    nrows, ncols = fig.axes[0].get_subplotspec().get_gridspec().get_geometry()
+    panel_width = (width - left - right - wspace * (ncols - 1)) / ncols
+    panel_height = (height - top - bottom - hspace * (nrows - 1)) / nrows
+    fig.set_layout_engine(None)
+    if fig.get_layout_engine() is not None:  # rcParams ask for a layout by default
+        fig.set_layout_engine("none")
+    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height,
+                        wspace=wspace / panel_width, hspace=hspace / panel_height)
+
+
+def legend_width(labels, fontsize: float) -> float:
+    """Inches a frameless legend of `labels` takes beside the axes (handle, padding and the longest label)."""
+    return 0.55 + 0.62 * fontsize / 72 * max(map(len, labels), default=0)
+
+
+def tick_labels(axis) -> list[str]:
+    """The major tick labels `axis` will show in its current view (computed, not drawn)."""
+    lo, hi = sorted(axis.get_view_interval())
+    ticks = [t for t in axis.get_major_locator()() if lo <= t <= hi]
+    return [str(label) for label in axis.get_major_formatter().format_ticks(ticks)] if ticks else []
+
+
+TICK_LABEL_CHAR = 0.085  # inches per character of a 10-point tick label (digits and dots: DejaVu Sans ≈ 0.6 em)
+
+
+def y_label_room(ax) -> float:
+    """Inches left of an axes for its y tick labels, its y label and the pads."""
+    return 0.5 + TICK_LABEL_CHAR * max(map(len, tick_labels(ax.yaxis)), default=0)
 
 
 class ReadableLogLocator(Locator):
@@ -112,10 +148,7 @@ class LayoutCache:
         widths = [len(fig.get_suptitle()) if hasattr(fig, "get_suptitle") else 0]
         for ax in fig.axes:
             for axis in (ax.xaxis, ax.yaxis):
-                lo, hi = sorted(axis.get_view_interval())
-                ticks = [t for t in axis.get_major_locator()() if lo <= t <= hi]
-                labels = axis.get_major_formatter().format_ticks(ticks) if ticks else []
-                widths += [max((len(str(label)) for label in labels), default=0), len(axis.get_label_text())]
+                widths += [max(map(len, tick_labels(axis)), default=0), len(axis.get_label_text())]
             legend = ax.get_legend()
             entries = [t.get_text() for t in legend.get_texts()] if legend else []
             widths += [max(map(len, ax.get_title().splitlines() or [""])), max(map(len, entries), default=0),

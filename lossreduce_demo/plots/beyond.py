@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator, NullLocator
 
 from . import PALETTE, new_figure, readable_log_scale, scheme_color
 
@@ -121,6 +122,10 @@ def delta_l_figure(profile: pd.DataFrame, curves: pd.DataFrame, a: float):
     fig, axes = new_figure(1, 2, width=10.5, height=3.6)
     left, right = axes[0]
     weight_profile(profile, left)
+    for axis in (left.xaxis, left.yaxis):  # fewer ticks (each is several artists) for a cheap redraw: the labelled
+        axis.set_minor_locator(NullLocator())  # 1-2-5 ticks are enough
+    right.xaxis.set_major_locator(MaxNLocator(nbins=4))
+    right.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 5, 10]))
     right.plot(curves.a, curves.variance_vs_a0, color=scheme_color("delta-l"), label="step variance ÷ a=0")
     right.plot(curves.a, curves["noise_to_signal_per-sequence"], color=PALETTE[0], linestyle="--",
                label="noise-to-signal ÷ token-mean, signal per sequence")

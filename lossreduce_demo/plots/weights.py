@@ -9,15 +9,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import LogNorm, to_rgb
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
 from ..layouts import Batch, layout_waste
 from ..report import length_profile
 from ..tokenizer import ROLE_NAMES, render
-from . import PALETTE, ROLE_COLORS, new_figure, readable_log_scale, scheme_color
+from . import (
+    PALETTE,
+    ROLE_COLORS,
+    TICK_LABEL_CHAR,
+    fixed_margins,
+    legend_width,
+    new_figure,
+    readable_log_scale,
+    scheme_color,
+    y_label_room,
+)
 
 __all__ = ["token_strip", "layout_diagram", "layout_diagrams", "waste_bars", "attention_mask_plot",
            "relative_weights", "weight_heatmap", "weight_heatmap_grid", "weight_vs_length", "share_by_bucket",
@@ -102,7 +114,7 @@ def layout_diagram(batch: Batch, *, ax=None, title: str | None = None, max_rows:
                           f"{waste['padding_fraction']:.0%} padding", fontsize=10)
     ax.set_xlabel("position in the row (tokens)")
     ax.set_ylabel("row")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(rows, 12)))  # whole rows only
+    ax.yaxis.set_major_locator(FixedLocator(range(0, rows, -(-rows // 12))))  # whole rows only, ≤ 12 of them
     if legend:
         _role_legend(ax, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return ax.figure
@@ -120,10 +132,7 @@ def layout_diagrams(batches: Mapping[str, Batch], *, width: float = 9.0):
     fig, axes = new_figure(len(batches), 1, width=width, height=height, sharex=True,
                            gridspec_kw={"height_ratios": [r + 2 for r in rows]})
     m = _DIAGRAM_MARGINS
-    mean_axes_height = (height - m["top"] - m["bottom"] - m["gap"] * (len(rows) - 1)) / len(rows)
-    fig.set_layout_engine(None)
-    fig.subplots_adjust(left=m["left"] / width, right=1 - m["right"] / width, top=1 - m["top"] / height,
-                        bottom=m["bottom"] / height, hspace=m["gap"] / mean_axes_height)
+    fixed_margins(fig, left=m["left"], right=m["right"], top=m["top"], bottom=m["bottom"], hspace=m["gap"])
     for i, (ax, (name, batch)) in enumerate(zip(axes[:, 0], batches.items())):
         layout_diagram(batch, ax=ax, legend=i == 0)
         if name != batch.layout:
@@ -191,40 +200,65 @@ def _heat_norm(values: list[np.ndarray]) -> LogNorm:
     return LogNorm(vmin=1.0 / span, vmax=span)
 
 
-def _colorbar(fig, image, label, **kw) -> None:
-    """Colour bar with plain tick labels at powers of two (…, 0.5, 1, 2, …)."""
-    bar = fig.colorbar(image, label=label, **kw)
-    lo, hi = image.norm.vmin, image.norm.vmax
+def _colorbar_ticks(norm) -> tuple[list[float], list[str]]:
+    """Powers of two inside the norm's range (at most ~7 of them) and their plain labels (…, 0.5, 1, 2, …)."""
+    lo, hi = norm.vmin, norm.vmax
     ticks = [2.0**e for e in range(int(np.floor(np.log2(lo))), int(np.ceil(np.log2(hi))) + 1)
              if lo <= 2.0**e <= hi]
-    step = max(1, len(ticks) // 7)
-    bar.set_ticks(ticks[::step], labels=[f"{t:g}" for t in ticks[::step]])
+    ticks = ticks[::max(1, len(ticks) // 7)]
+    return ticks, [f"{t:g}" for t in ticks]
+
+
+def _colorbar(fig, image, label, **kw) -> None:
+    """Colour bar with plain tick labels at powers of two."""
+    bar = fig.colorbar(image, label=label, **kw)
+    bar.ax.set_label("<colorbar>")
+    ticks, labels = _colorbar_ticks(image.norm)
+    bar.set_ticks(ticks, labels=labels)
     bar.minorticks_off()
 
 
-def _heat(ax, batch: Batch, rel: np.ndarray, norm):
-    """Background (padding white, context light grey) under the weight map."""
+def _heat(ax, batch: Batch, rel: np.ndarray, norm) -> ScalarMappable:
+    """The weight map over its background (padding white, context light grey) as one RGB image; returns the
+    colour scale for a colour bar."""
     ax.grid(False)
-    T = rel.shape[1]
-    real = (batch.segment_id >= 0).numpy()
-    extent = (-0.5, T - 0.5, rel.shape[0] - 0.5, -0.5)
-    ax.imshow(np.where(real, 0.88, 1.0), cmap="gray", vmin=0, vmax=1, aspect="auto", interpolation="nearest",
-              extent=extent)
-    return ax.imshow(np.ma.masked_invalid(rel), cmap=_WEIGHT_CMAP, norm=norm, aspect="auto",
-                     interpolation="nearest", extent=extent)
+    scale = ScalarMappable(norm=norm, cmap=colormaps[_WEIGHT_CMAP])
+    real, weighted = (batch.segment_id >= 0).numpy(), np.isfinite(rel)
+    rgb = np.where(real[..., None], 0.88, 1.0) * np.ones(3)
+    rgb[weighted] = scale.to_rgba(rel[weighted])[:, :3]
+    ax.imshow(rgb, aspect="auto", interpolation="nearest", extent=(-0.5, rel.shape[1] - 0.5, rel.shape[0] - 0.5, -0.5))
+    return scale
+
+
+_HEATMAP_MARGINS = {"top": 0.3, "bottom": 0.5, "bar_gap": 0.25, "bar": 0.15}  # inches
 
 
 def weight_heatmap(batch: Batch, weights, *, title: str | None = None, ax=None, norm=None, colorbar=True):
     """Per-token weights of one scheme on a batch (rows × positions), relative to token-mean, log colour."""
     rel = relative_weights(batch, weights)
-    if ax is None:
-        fig, ax = new_figure(width=7.5, height=max(2.8, 1.2 + 0.16 * rel.shape[0]))
-    image = _heat(ax, batch, rel, norm or _heat_norm([rel]))
+    norm = norm or _heat_norm([rel])
+    own_figure = ax is None
+    if own_figure:
+        width, height = 7.5, max(2.8, 1.2 + 0.16 * rel.shape[0])
+        fig, ax = new_figure(width=width, height=height)
+    image = _heat(ax, batch, rel, norm)
     ax.set_xlabel("position in the row (tokens)")
     ax.set_ylabel("row")
     if title:
         ax.set_title(title, fontsize=10)
-    if colorbar:
+    if own_figure:  # five or so ticks a side: every tick is several artists to make and draw on each change
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+    if own_figure:  # fixed margins (its height follows the rows: no layout per row count), the colour bar's room
+        m = _HEATMAP_MARGINS
+        bar_labels = max(map(len, _colorbar_ticks(norm)[1]), default=1)
+        right = m["bar_gap"] + m["bar"] + 0.5 + TICK_LABEL_CHAR * bar_labels if colorbar else 0.2
+        fixed_margins(fig, left=y_label_room(ax), right=right, top=m["top"], bottom=m["bottom"])
+    if colorbar and own_figure:
+        box = ax.get_position()
+        bar_axes = fig.add_axes((box.x1 + m["bar_gap"] / width, box.y0, m["bar"] / width, box.height))
+        _colorbar(fig, image, "weight ÷ token-mean's (log)", cax=bar_axes)
+    elif colorbar:
         _colorbar(ax.figure, image, "weight ÷ token-mean's (log)", ax=ax)
     return ax.figure
 
@@ -257,22 +291,27 @@ def weight_vs_length(profiles: Mapping[str, object], *, unit: str = "sample"):
     loss scale becomes); right: relative to token-mean (where the step goes). `profiles` maps a scheme name to
     report.length_profile(...) or to (batch, weights)."""
     frames = {k: (v if hasattr(v, "columns") else length_profile(*v, by=unit)) for k, v in profiles.items()}
+    means = {name: df.groupby("length", as_index=False)[["weight_per_token", "relative"]].mean()
+             for name, df in frames.items()}
+    labels = [f"{name}: shortest ÷ longest {mean.relative.iloc[0] / mean.relative.iloc[-1]:.3g}×"  # the headline
+              for name, mean in means.items()]
     fig, axes = new_figure(1, 2, width=10.0, height=3.6)
     markers = "os^Dv<>P"
-    for i, (name, df) in enumerate(frames.items()):
-        mean = df.groupby("length", as_index=False)[["weight_per_token", "relative"]].mean()
-        spread = mean.relative.iloc[0] / mean.relative.iloc[-1]  # shortest ÷ longest: the headline number
-        style = dict(color=scheme_color(name), marker=markers[i % len(markers)], markersize=4,
-                     label=f"{name}: shortest ÷ longest {spread:.3g}×")
+    for i, ((name, mean), label) in enumerate(zip(means.items(), labels)):
+        style = dict(color=scheme_color(name), marker=markers[i % len(markers)], markersize=4, label=label)
         for ax, column in zip(axes[0], ("weight_per_token", "relative")):
             ax.plot(mean.length, mean[column].clip(lower=1e-12), linestyle="-" if i < 4 else "--", **style)
     for ax, ylabel in zip(axes[0], ("weight per token (loss = Σ w·l)", "weight per token ÷ token-mean's")):
         readable_log_scale(ax)
+        ax.yaxis.set_minor_locator(NullLocator())  # the labelled 1-2-5 ticks are enough: fewer artists per redraw
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         ax.set_xlabel(f"{unit} length (loss tokens)")
         ax.set_ylabel(ylabel)
     axes[0, 0].set_title("absolute: the loss scale")
     axes[0, 1].set_title("relative: where the step goes")
     axes[0, 1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fixed_margins(fig, left=y_label_room(axes[0, 0]), right=legend_width(labels, 7), top=0.3, bottom=0.55,
+                  wspace=y_label_room(axes[0, 1]) + 0.1)  # room for labels, the legend: no layout pass
     return fig
 
 
@@ -284,6 +323,7 @@ def share_by_bucket(shares: Mapping[str, object], *, unit: str = "sample"):
     x = np.arange(len(first))
     width = 0.8 / len(names)
     fig, ax = new_figure(width=7.5, height=3.4)
+    fixed_margins(fig, left=0.75, right=legend_width(names + ["share of loss tokens"], 7), top=0.15, bottom=0.7)
     for i, name in enumerate(names):
         ax.bar(x - 0.4 + width * (i + 0.5), 100 * shares[name].share, width, color=scheme_color(name), label=name)
     ax.bar(x, 100 * first.token_share, 0.84, fill=False, edgecolor="black", linewidth=1.2,
@@ -291,6 +331,7 @@ def share_by_bucket(shares: Mapping[str, object], *, unit: str = "sample"):
     ax.set_xticks(x, [f"{b}\n({n} {unit}s)" for b, n in zip(first.bucket.astype(str), first.units)])
     ax.set_xlabel("response length bucket (loss tokens)")
     ax.set_ylabel("share of the step's weight (%)")
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=4))  # 0, 20, 40, 60: fewer ticks to make and draw per redraw
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 
