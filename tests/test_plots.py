@@ -252,7 +252,7 @@ CASES = {
     "beyond.delta_l_figure": (lambda: beyond_plots.delta_l_figure(_e8_profile(), _delta_l_curves(), 1.0),
                               r"0\.65"),
 }
-HELPERS = {"relative_weights", "new_figure", "fixed_margins", "legend_width", "tick_labels", "y_label_room", "show",
+HELPERS = {"relative_weights", "new_figure", "InViewLocator", "fixed_margins", "legend_width", "tick_labels", "y_label_room", "show",
            "scheme_color", "readable_log_scale", "draw_gradient_errors", "draw_weight_distance", "draw_metric", "matched_reward_ratios", "matched_reward_title"}
 
 
@@ -385,3 +385,20 @@ def test_e7_summary_shows_the_right_answers_length_and_e6_the_entropy():
     e7 = rl_plots.experiment_figure(_rl_wide(rl.E7_TASK), rl.E7_TASK).axes[-1].get_ylabel()
     e6 = rl_plots.experiment_figure(_rl_wide(rl.E6_TASK), rl.E6_TASK).axes[-1].get_ylabel()
     assert "right answers" in e7 and "entropy" in e6
+
+
+def test_house_figures_make_ticks_only_inside_the_view():
+    """new_figure's axes (InViewLocator): matplotlib makes a tick for every location its locator returns, so the
+    ticks it makes are the ones in view, still ≥ 2 labelled ones; matplotlib's AutoLocator makes more."""
+    from matplotlib.ticker import AutoLocator
+
+    fig, ax = plots.new_figure()
+    ax.plot([0.3, 187.5], [-0.5, 14.2])
+    fig.draw_without_rendering()
+    for axis in (ax.xaxis, ax.yaxis):
+        lo, hi = sorted(axis.get_view_interval())
+        made = [tick.get_loc() for tick in axis.get_major_ticks()]
+        assert len(made) >= 2 and all(lo <= loc <= hi for loc in made), (made, lo, hi)
+        axis.set_major_locator(AutoLocator())
+    fig.draw_without_rendering()
+    assert any(not lo <= t.get_loc() <= hi for t in ax.yaxis.get_major_ticks())  # the control: one beyond the view

@@ -35,6 +35,16 @@ def scheme_color(name: str) -> str:
     return PALETTE[zlib.crc32(str(name).encode()) % len(PALETTE)]
 
 
+class InViewLocator(MaxNLocator):
+    """MaxNLocator's ticks inside the view only: matplotlib makes a tick (five artists) for every location a
+    locator returns, drawn or not, and making ticks is much of a widget redraw."""
+
+    def __call__(self):
+        lo, hi = sorted(self.axis.get_view_interval())
+        margin = 1e-9 * (hi - lo)
+        return [t for t in super().__call__() if lo - margin <= t <= hi + margin]
+
+
 def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 7.0, height: float = 3.6, **kw):
     """A figure in the house style, created without pyplot's global state (safe in widget callbacks)."""
     from matplotlib.figure import Figure
@@ -43,6 +53,8 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 7.0, height: fl
     with plt.rc_context({"axes.titley": 1.0}):  # titles at the top edge (none has ticks there): not re-placed
         axes = fig.subplots(nrows, ncols, squeeze=False, **kw)  # after measuring the x axis on every draw
     for ax in axes.flat:
+        for axis in (ax.xaxis, ax.yaxis):  # matplotlib's default ticks (AutoLocator's), only those in view
+            axis.set_major_locator(InViewLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10]))
         ax.grid(True, alpha=0.25, linewidth=0.6)
         ax.spines[["top", "right"]].set_visible(False)
     return fig, (axes[0, 0] if nrows == ncols == 1 else axes)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import MaxNLocator, NullLocator
+from matplotlib.ticker import NullLocator
 
-from . import PALETTE, new_figure, readable_log_scale, scheme_color
+from . import PALETTE, InViewLocator, new_figure, readable_log_scale, scheme_color
 
 __all__ = ["e8_figure", "variance_vs_length", "weight_profile", "family_variance", "delta_l_figure", "e9_figure", "e10_figure"]
 
@@ -124,8 +124,8 @@ def delta_l_figure(profile: pd.DataFrame, curves: pd.DataFrame, a: float):
     weight_profile(profile, left)
     for axis in (left.xaxis, left.yaxis):  # fewer ticks (each is several artists) for a cheap redraw: the labelled
         axis.set_minor_locator(NullLocator())  # 1-2-5 ticks are enough
-    right.xaxis.set_major_locator(MaxNLocator(nbins=4))
-    right.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 5, 10]))
+    right.xaxis.set_major_locator(InViewLocator(nbins=4))
+    right.yaxis.set_major_locator(InViewLocator(nbins=5, steps=[1, 2, 5, 10]))
     right.plot(curves.a, curves.variance_vs_a0, color=scheme_color("delta-l"), label="step variance ÷ a=0")
     right.plot(curves.a, curves["noise_to_signal_per-sequence"], color=PALETTE[0], linestyle="--",
                label="noise-to-signal ÷ token-mean, signal per sequence")

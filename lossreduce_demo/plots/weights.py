@@ -14,7 +14,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import LogNorm, to_rgb
 from matplotlib.patches import Patch
-from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
+from matplotlib.ticker import FixedLocator, NullLocator
 
 from ..layouts import Batch, layout_waste
 from ..report import length_profile
@@ -23,6 +23,7 @@ from . import (
     PALETTE,
     ROLE_COLORS,
     TICK_LABEL_CHAR,
+    InViewLocator,
     fixed_margins,
     legend_width,
     new_figure,
@@ -247,8 +248,8 @@ def weight_heatmap(batch: Batch, weights, *, title: str | None = None, ax=None, 
     if title:
         ax.set_title(title, fontsize=10)
     if own_figure:  # five or so ticks a side: every tick is several artists to make and draw on each change
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-        ax.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+        ax.xaxis.set_major_locator(InViewLocator(nbins=5))
+        ax.yaxis.set_major_locator(InViewLocator(nbins=5, integer=True))
     if own_figure:  # fixed margins (its height follows the rows: no layout per row count), the colour bar's room
         m = _HEATMAP_MARGINS
         bar_labels = max(map(len, _colorbar_ticks(norm)[1]), default=1)
@@ -304,7 +305,7 @@ def weight_vs_length(profiles: Mapping[str, object], *, unit: str = "sample"):
     for ax, ylabel in zip(axes[0], ("weight per token (loss = Σ w·l)", "weight per token ÷ token-mean's")):
         readable_log_scale(ax)
         ax.yaxis.set_minor_locator(NullLocator())  # the labelled 1-2-5 ticks are enough: fewer artists per redraw
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+        ax.xaxis.set_major_locator(InViewLocator(nbins=5, integer=True))
         ax.set_xlabel(f"{unit} length (loss tokens)")
         ax.set_ylabel(ylabel)
     axes[0, 0].set_title("absolute: the loss scale")
@@ -331,7 +332,7 @@ def share_by_bucket(shares: Mapping[str, object], *, unit: str = "sample"):
     ax.set_xticks(x, [f"{b}\n({n} {unit}s)" for b, n in zip(first.bucket.astype(str), first.units)])
     ax.set_xlabel("response length bucket (loss tokens)")
     ax.set_ylabel("share of the step's weight (%)")
-    ax.yaxis.set_major_locator(MaxNLocator(nbins=4))  # 0, 20, 40, 60: fewer ticks to make and draw per redraw
+    ax.yaxis.set_major_locator(InViewLocator(nbins=4))  # 0, 20, 40, 60: fewer ticks to make and draw per redraw
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 
