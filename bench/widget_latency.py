@@ -32,7 +32,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 
-from lossreduce_demo import widgets  # noqa: E402
+from lossreduce_demo import plots, widgets  # noqa: E402
 from lossreduce_demo.reductions import token_weights  # noqa: E402
 
 VALUES_PER_CONTROL = 5
@@ -74,7 +74,7 @@ def render_png(app) -> None:
     """PNG of every figure of the last update as `_App._draw` shows it: LayoutCache, then IPython's PNG (dpi 100)."""
     for name, fig in app.figures.items():
         app.layouts.reuse(name, fig)
-        fig.savefig(io.BytesIO(), format="png", dpi=100)
+        fig.savefig(io.BytesIO(), format="png", dpi=100, **plots.INLINE_PNG)
         app.layouts.remember(name, fig)
 
 

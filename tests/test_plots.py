@@ -402,3 +402,25 @@ def test_house_figures_make_ticks_only_inside_the_view():
         axis.set_major_locator(AutoLocator())
     fig.draw_without_rendering()
     assert any(not lo <= t.get_loc() <= hi for t in ax.yaxis.get_major_ticks())  # the control: one beyond the view
+
+
+def test_notebooks_show_figures_as_png_drawn_with_the_inline_settings():
+    """In IPython a Figure displays as PNG made with plots.INLINE_PNG (one draw pass, fast compression)."""
+    import base64
+    import io
+
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        plots._enable_inline_display()
+        fig, ax = plots.new_figure()
+        ax.plot([0, 1], [0, 1])
+        shown = shell.display_formatter.format(fig)[0]["image/png"]
+        shown = base64.b64decode(shown) if isinstance(shown, str) else shown  # IPython ≥ 9 hands out base64
+        expected, slow = io.BytesIO(), io.BytesIO()
+        fig.savefig(expected, format="png", **plots.INLINE_PNG)
+        fig.savefig(slow, format="png", bbox_inches=None)  # zlib's default level: other bytes (the control)
+        assert shown == expected.getvalue() != slow.getvalue()
+    finally:
+        InteractiveShell.clear_instance()

@@ -202,6 +202,11 @@ def show(fig) -> None:
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10})
 
 
+# How a Figure becomes the PNG a notebook shows: no bbox_inches="tight" (the layout already fits: one draw pass,
+# not two), and zlib's fastest level (~15 ms less per figure for ~10 % more bytes: redraw speed before file size).
+INLINE_PNG = {"bbox_inches": None, "pil_kwargs": {"compress_level": 1}}
+
+
 def _enable_inline_display() -> None:
     """In IPython, show Figures made without pyplot (new_figure) as PNG, like pyplot's inline figures.
     Leaves any Figure formatter already chosen (ipympl, svg, pyplot's inline backend) alone."""
@@ -216,7 +221,7 @@ def _enable_inline_display() -> None:
     from matplotlib.figure import Figure
 
     if not any(Figure in f.type_printers for f in shell.display_formatter.formatters.values()):
-        select_figure_formats(shell, {"png"}, bbox_inches=None)  # constrained layout already fits: one draw pass
+        select_figure_formats(shell, {"png"}, **INLINE_PNG)
 
 
 _enable_inline_display()
