@@ -199,6 +199,7 @@ def figures(run: BranchRun) -> dict:
     table = run.table.assign(metric="p_long", value=run.table.measured)
     s = run.setting
     title = (f'Learned P("L"): replies {s.short_len}/{s.long_len} tokens, f = {run.long_fraction:.2f}\n'
-             f'{s.context_turns} turns before, {s.layout}, K = {s.grad_accum} {s.normalization}')
+             f'{s.context_turns} {"turn" if s.context_turns == 1 else "turns"} before, {s.layout}, '
+             f'K = {s.grad_accum} {s.normalization}')
     return {"p_long": plots.p_long_figure(table, title),
             "loss_by_length": plots.loss_by_length_figure(run.result.history)}
