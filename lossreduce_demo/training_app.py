@@ -82,10 +82,10 @@ class BranchSetting:
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1):
             raise ValueError(f"steps={steps!r}: must be an integer >= 1 (or None for the default)")
         longest = len(render(self.chats(1, seed=0, long_fraction=1.0)[0]).tokens)
-        if longest > TINY.context_len + 1:
+        if longest > BRANCH_MODEL.context_len + 1:
             raise ValueError(f"a conversation with {self.context_turns} turn(s) before the branch and a "
                              f"{self.long_len}-token long reply has {longest} tokens; the model reads at most "
-                             f"{TINY.context_len + 1}: shorten the long reply or use fewer turns")
+                             f"{BRANCH_MODEL.context_len + 1}: shorten the long reply or use fewer turns")
 
     def chats(self, n: int, seed: int, long_fraction: float | None = None) -> list:
         return synth.make_branch_chats(n, long_fraction=self.long_fraction if long_fraction is None else long_fraction,

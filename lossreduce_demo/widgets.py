@@ -452,7 +452,7 @@ class DeltaLExplorer(_App):
         return state, lambda: {"delta_l": plots.beyond.delta_l_figure(profile, curves, a)}
 
 
-class RatioTrainingApp:
+class RatioTrainingApp(_App):
     """E10 behind a "Train" button: warm-start the toy policy (once), train token-level PPO, GSPO and CISPO from it
     with 4 updates per batch, then draw the importance ratios' variance against response length and the
     zero-gradient fractions (`plots.beyond.e10_figure`). Nothing trains until the click; `.train()` does the same
@@ -460,49 +460,30 @@ class RatioTrainingApp:
 
     def __init__(self, seed: int = 0, steps: int | None = None):
         self.seed, self.steps = seed, steps
-        self.button = W.Button(description="Train", icon="play", button_style="primary")
-        self.status = W.Label("click Train: warm start, then 3 rules × 4 updates per batch")
-        self.output = W.Output()
-        self.state: dict = {}
-        self.figures: dict = {}
-        self.button.on_click(lambda _: self._clicked())
-        self.widget = W.VBox([W.HBox([self.button, self.status]), self.output])
+        super().__init__([], _train_button("warm start, then 3 rules × 4 updates per batch"))
+        self.message.value = "Click Train: warm start, then 3 rules × 4 updates per batch."
 
     def train(self) -> dict:
+        return self.update()
+
+    def _compute(self, notes):
         from dataclasses import replace
 
         from .experiments import importance_ratios as e10
 
+        self._progress("warm start…")
         start = e10.warm_start(self.seed)
         frames = []
         for rule in e10.RULE_CONFIGS:
-            self.status.value = f"training {rule}…"
+            self._progress(f"training {rule}…")
             cfg = replace(e10.rule_config(rule), steps=self.steps or pick(15, 3))
             frames.append(e10.collect(rule, self.seed, start, config=cfg))
         by_length = e10.by_length_table(pd.concat(frames, ignore_index=True))
         zero = {rule: e10.zero_gradient_fraction(by_length, rule) for rule in e10.RULE_CONFIGS}
-        self.state = dict(by_length=by_length, zero_gradient_fraction=zero)
-        self.figures = {"e10": plots.beyond.e10_figure(by_length)}
-        self.status.value = ("done: zero-gradient tokens " + ", ".join(f"{r} {v:.1%}" for r, v in zero.items())
-                             + " — click again to re-run")
-        return self.state
-
-    def _clicked(self) -> None:
-        from IPython.display import clear_output, display
-
-        self.button.disabled = True
-        try:
-            self.train()
-            with self.output:
-                clear_output(wait=True)
-                display(self.figures["e10"])
-        finally:
-            self.button.disabled = False
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
+        notes.append("done: zero-gradient tokens " + ", ".join(f"{r} {v:.1%}" for r, v in zero.items())
+                     + " — click again to re-run")
+        return dict(by_length=by_length, zero_gradient_fraction=zero), lambda: {
+            "e10": plots.beyond.e10_figure(by_length)}
 
 
 class Dashboard:

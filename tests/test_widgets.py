@@ -486,3 +486,25 @@ def test_fixed_margin_checks_catch_a_margin_too_small(name):
     fig = widgets.WeightExplorer(turns=5).figures[name]
     fixed_margins(fig, left=0.05, right=3.0, top=0.3, bottom=0.5)
     assert any("cut off by the figure's edge" in p for p in figure_problems(fig)), figure_problems(fig)
+
+
+def test_ratio_train_click_reports_zero_gradient_fractions_and_a_failure_in_the_app(monkeypatch):
+    """Notebook 08's Train path with a stand-in E10: the status names each rule's zero-gradient fraction; a trainer
+    that fails shows "⚠ Failed" in the app (no traceback) and the button is usable again."""
+    import pandas as pd
+
+    from lossreduce_demo.experiments import importance_ratios as e10
+
+    monkeypatch.setattr(e10, "warm_start", lambda seed: "start")
+    monkeypatch.setattr(e10, "collect", lambda rule, seed, start, config: pd.DataFrame({"rule": [rule]}))
+    monkeypatch.setattr(e10, "by_length_table", lambda responses: responses)
+    monkeypatch.setattr(e10, "zero_gradient_fraction", lambda table, rule: {"cispo": 0.0}.get(rule, 0.125))
+    app = widgets.RatioTrainingApp()
+    app.draw_figures = False
+    app.button.click()
+    assert app.state["zero_gradient_fraction"]["cispo"] == 0.0
+    assert "done: zero-gradient tokens token 12.5%, gspo 12.5%, cispo 0.0%" in app.message.value
+    monkeypatch.setattr(e10, "warm_start", lambda seed: 1 / 0)
+    app.button.click()
+    assert "⚠ Failed" in app.message.value and "ZeroDivisionError" in app.message.value
+    assert not app.button.disabled
