@@ -380,13 +380,14 @@ def rl_step(policy: GPT, opt: torch.optim.Optimizer, task: Task, cfg: RLConfig,
     rewards = torch.tensor([reward_of(task, k) for k in names], dtype=torch.float32)
     batch = response_batch(task.prompt_tokens, responses)
     old_logp = None
+    if on_update is not None:  # the batch's advantages, for the hook (rl_loss derives the same from the rewards)
+        adv = group_advantages(rewards.view(-1, cfg.group_size), cfg.advantage).flatten()
     for update in range(1, cfg.updates_per_batch + 1):  # > 1: PPO-style re-use of the batch, ratios clipped
         logits, ce = policy(**batch.model_inputs())
         logp = -ce  # (B, T-1) log pi of each next token; 0 off the responses
         if old_logp is None:  # the policy that sampled the batch
             old_logp, entropy = logp.detach(), token_entropy(logits.detach())
         if on_update is not None:
-            adv = group_advantages(rewards.view(-1, cfg.group_size), cfg.advantage).flatten()
             on_update(update, logp.detach(), old_logp, adv, batch.loss_mask[:, 1:])
         loss = rl_loss(logp, old_logp, batch, rewards, cfg, task.budget)
         opt.zero_grad(set_to_none=True)
