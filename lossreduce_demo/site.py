@@ -94,7 +94,8 @@ def _children(state: dict) -> list[str]:
 
 
 def widget_snapshot(models: dict, model_id: str) -> tuple[list[dict], list[str]]:
-    """(the outputs shown by the widget's Output areas, "description = value" of its controls), in display order."""
+    """(the outputs shown by the widget's Output areas and the PNGs of its Images, "description = value" of its
+    controls), in display order."""
     outputs, controls, seen = [], [], set()
 
     def visit(mid: str) -> None:
@@ -106,6 +107,10 @@ def widget_snapshot(models: dict, model_id: str) -> tuple[list[dict], list[str]]
         name = model.get("model_name", "")
         if name == "OutputModel":
             outputs.extend(copy.deepcopy(state.get("outputs", [])))
+        elif name == "ImageModel":  # an app's figure: its PNG is the widget's binary buffer at "value"
+            png = next((b["data"] for b in model.get("buffers", []) if b.get("path") == ["value"]), None)
+            if png and state.get("format", "png") == "png":
+                outputs.append({"output_type": "display_data", "metadata": {}, "data": {"image/png": png}})
         elif name in CONTROL_MODELS:
             value = state.get("value", state.get("index"))
             options = state.get("_options_labels")

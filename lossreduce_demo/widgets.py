@@ -85,6 +85,13 @@ def _length_controls(app, *, family="bimodal", short_mean=4, long_mean=30, long_
     app.long_mean = _slider(W.IntSlider, long_mean, 1, 60, 1, "long mean (chars)")
     app.long_fraction = _slider(W.FloatSlider, long_fraction, 0.0, 1.0, 0.05, "long fraction")
     app.turns = _slider(W.IntSlider, turns, 1, 5, 1, "turns")
+
+    def grey_out_unused(_change=None):  # what length_spec reads for each family; the rest would move nothing
+        app.long_mean.disabled = app.family.value in ("fixed", "lognormal")
+        app.long_fraction.disabled = app.family.value != "bimodal"
+
+    app.family.observe(grey_out_unused, names="value")
+    grey_out_unused()
     return [app.family, app.short_mean, app.long_mean, app.long_fraction, app.turns]
 
 
@@ -96,7 +103,8 @@ class _App(abc.ABC):
     def __init__(self, rows: list[list], button: W.Button | None = None, controls: list | None = None):
         self.headline = W.HTML()  # the number to read off, as text beside the plots
         self.message = W.HTML()
-        self.output = W.Output()
+        self.figure_area = W.VBox().add_class("app-figures")  # one Image per figure name, redrawn in place
+        self.images: dict[str, W.Image] = {}
         self.layouts = plots.LayoutCache()  # constrained layout on the first draw, fixed after (redraw speed)
         self.state: dict = {}
         self.figures: dict = {}
@@ -110,7 +118,7 @@ class _App(abc.ABC):
             button.on_click(lambda _: self.update())
             rows = rows + [[button]]
         self.widget = W.VBox([W.HBox(row, layout=W.Layout(flex_flow="row wrap")) for row in rows]
-                             + [self.headline, self.message, self.output])
+                             + [self.headline, self.message, self.figure_area])
 
     def _refresh(self) -> None:
         """What a control change recomputes: everything (`update`) for an explorer; a training app overrides it
@@ -174,18 +182,23 @@ class _App(abc.ABC):
         return self.state
 
     def _draw(self, figures: dict | None = None) -> None:
-        """Show `figures` (default: the last update's) in the app's Output."""
+        """Show `figures` (default: the last update's) as PNG in the app's Image widgets, one per figure name: a
+        redraw sends each image's new bytes (binary, in place), not a new output."""
         from IPython import get_ipython
-        from IPython.display import clear_output, display
 
         if get_ipython() is None:  # no frontend to draw into (plain Python, tests): keep the figures only
             return
-        with self.output:
-            clear_output(wait=True)
-            for name, fig in (self.figures if figures is None else figures).items():
-                self.layouts.reuse(name, fig)
-                display(fig)
-                self.layouts.remember(name, fig)
+        shown = []
+        for name, fig in (self.figures if figures is None else figures).items():
+            self.layouts.reuse(name, fig)
+            png = plots.png_bytes(fig)
+            self.layouts.remember(name, fig)
+            if name not in self.images:
+                self.images[name] = W.Image(format="png", layout=W.Layout(max_width="100%", height="auto"))
+            self.images[name].value = png
+            shown.append(self.images[name])
+        if tuple(shown) != self.figure_area.children:
+            self.figure_area.children = tuple(shown)
 
     def _progress(self, text: str) -> None:
         """A status line while a training app works."""

@@ -63,11 +63,16 @@ def _widget_notebook():
     png = {"output_type": "display_data", "data": {"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"},
            "metadata": {}}
     state = {
-        "box": {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_slider", "IPY_MODEL_out"]}},
+        "box": {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_slider", "IPY_MODEL_out",
+                                                                  "IPY_MODEL_figure", "IPY_MODEL_gif"]}},
         "slider": {"model_name": "FloatSliderModel", "state": {"description": "long fraction", "value": 0.25}},
         "menu": {"model_name": "DropdownModel", "state": {"description": "scheme", "index": 1,
                                                           "_options_labels": ["token-mean", "turn-mean"]}},
         "out": {"model_name": "OutputModel", "state": {"outputs": [png], "children": ["IPY_MODEL_menu"]}},
+        "figure": {"model_name": "ImageModel", "state": {"format": "png"},  # an app's figure: binary buffer
+                   "buffers": [{"path": ["value"], "data": "iVBORw0KGgoA", "encoding": "base64"}]},
+        "gif": {"model_name": "ImageModel", "state": {"format": "gif"},  # not a PNG: not shown as one
+                "buffers": [{"path": ["value"], "data": "R0lGODlh", "encoding": "base64"}]},
     }
     nb.metadata["widgets"] = {site.WIDGET_STATE: {"state": state}}
     view = {"output_type": "display_data", "metadata": {},
@@ -85,7 +90,8 @@ def test_widgets_become_snapshots_of_their_figures_and_controls():
     assert all(site.WIDGET_VIEW not in o.get("data", {}) for o in outputs)
     note = outputs[0]["data"]["text/html"]
     assert "long fraction = 0.25" in note and "scheme = turn-mean" in note
-    assert site.count_figures(nb) == 1
+    assert site.count_figures(nb) == 2  # the Output's figure and the Image's, in display order
+    assert [o["data"]["image/png"] for o in outputs[1:]] == ["iVBORw0KGgo=", "iVBORw0KGgoA"]
     assert "<img" in site.render(nb)
 
 

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from lossreduce_demo import widgets
 from lossreduce_demo.reductions import SCHEMES
+from lossreduce_demo.synth import FAMILIES
 
 
 @pytest.fixture(autouse=True)
@@ -508,3 +509,15 @@ def test_ratio_train_click_reports_zero_gradient_fractions_and_a_failure_in_the_
     app.button.click()
     assert "⚠ Failed" in app.message.value and "ZeroDivisionError" in app.message.value
     assert not app.button.disabled
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_length_controls_a_family_ignores_are_greyed_out_and_the_others_move_the_chats(family):
+    """A greyed-out slider would change nothing (the explorer's numbers stay the same); every enabled one does."""
+    app = widgets.FormatsExplorer(family=family)
+    app.draw_figures = False
+    for name, value in (("short_mean", 8), ("long_mean", 45), ("long_fraction", 0.75)):
+        control = getattr(app, name)
+        before = app.state["waste"].to_dict()
+        control.value = value
+        assert control.disabled == (app.state["waste"].to_dict() == before), (family, name)

@@ -207,6 +207,15 @@ plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10
 INLINE_PNG = {"bbox_inches": None, "pil_kwargs": {"compress_level": 1}}
 
 
+def png_bytes(fig) -> bytes:
+    """The PNG a notebook shows for `fig` (what IPython's inline display makes, at the figure's dpi)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=fig.dpi, **INLINE_PNG)
+    return buffer.getvalue()
+
+
 def _enable_inline_display() -> None:
     """In IPython, show Figures made without pyplot (new_figure) as PNG, like pyplot's inline figures.
     Leaves any Figure formatter already chosen (ipympl, svg, pyplot's inline backend) alone."""

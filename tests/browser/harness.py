@@ -189,7 +189,7 @@ def shut_down_kernels(page, lab) -> None:
 
 
 def image_src(output, settle_s: float = 1.0, timeout_s: float = 30.0) -> str:
-    """The src (a data: URL) of the first image in a widget Output once drawn and unchanged for `settle_s`
+    """The src (a data: or blob: URL) of the first image in an app's figures (or a widget Output) once drawn and unchanged for `settle_s`
     (a redraw still on its way from the kernel must not be taken for the effect of the next action)."""
     img = output.locator("img").first
     img.wait_for(state="visible", timeout=timeout_s * 1000)
@@ -206,7 +206,7 @@ def image_src(output, settle_s: float = 1.0, timeout_s: float = 30.0) -> str:
 
 
 def wait_for_new_image(output, old_src: str, timeout: float = 30_000) -> str:
-    """Wait until the Output shows an image different from `old_src` (it is cleared and redrawn)."""
+    """Wait until the first image of `output` (an app's figures, a widget Output) differs from `old_src`."""
     from playwright.sync_api import expect
 
     img = output.locator("img").first
@@ -251,7 +251,7 @@ CONTROLS = {  # kind -> CSS selector of one control (ipywidgets 8 DOM)
 }
 VIEW_SIGNATURE = """cell => {
   const hash = s => { let h = 2166136261; for (let i = 0; i < s.length; i += 7) h = Math.imul(h ^ s.charCodeAt(i), 16777619); return `${s.length}:${h >>> 0}`; };
-  const images = [...cell.querySelectorAll('.widget-output img, .jp-OutputArea-output img')].map(img => hash(img.src));
+  const images = [...cell.querySelectorAll('.app-figures img, .widget-output img, .jp-OutputArea-output img')].map(img => hash(img.src));
   const texts = [...cell.querySelectorAll('.widget-output, .widget-html, div.widget-label')].map(e => e.innerText);
   return JSON.stringify([images, texts]);
 }"""  # what a reader sees change: the images (hashed) and the texts of outputs, HTML and label widgets
@@ -336,7 +336,7 @@ def wait_for_view_change(page, cell, before: str, started: float, timeout_s: flo
     once it is enabled again (a training app redraws as it goes). Returns seconds from `started` to the first new
     image and to the settled view."""
     images_before = json.loads(before)[0]
-    expect_image = bool(images_before) or cell.locator(".widget-output").count() > 0  # an Output will show one
+    expect_image = bool(images_before) or cell.locator(".widget-output, .app-figures").count() > 0  # it will show one
     deadline = started + timeout_s
     current, first_image, last_change = before, None, None
     while time.monotonic() < deadline:

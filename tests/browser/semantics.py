@@ -9,7 +9,7 @@ from importlib.metadata import version
 
 from harness import image_src, nudge_slider, wait_for_new_image
 
-OUTPUT_IMAGES = "cell => [...cell.querySelectorAll('.widget-output img')].map(img => img.src)"
+OUTPUT_IMAGES = "cell => [...cell.querySelectorAll('.app-figures img')].map(img => img.src)"
 
 
 def framework_explorer_follows_the_option_names(page, screenshots):
@@ -17,8 +17,8 @@ def framework_explorer_follows_the_option_names(page, screenshots):
     from playwright.sync_api import expect
 
     cell = page.locator(".jp-CodeCell").filter(has=page.locator(".widget-dropdown")).filter(
-        has=page.locator(".widget-output img")).first
-    output = cell.locator(".widget-output").first
+        has=page.locator(".app-figures img")).first
+    output = cell.locator(".app-figures").first
     headline = cell.locator(".widget-html").filter(has_text="max error vs the full batch").first
     expect(headline).to_contain_text(f"TRL {version('trl')}")  # the installed library's own version
     cell.scroll_into_view_if_needed()
@@ -49,8 +49,8 @@ def beyond_the_mean_slider_and_train_button(page, screenshots):
     from playwright.sync_api import expect
 
     explorer = page.locator(".jp-CodeCell").filter(has=page.locator(".widget-slider")).filter(
-        has=page.locator(".widget-output img")).first
-    output = explorer.locator(".widget-output").first
+        has=page.locator(".app-figures img")).first
+    output = explorer.locator(".app-figures").first
     headline = explorer.locator(".widget-html").filter(has_text="step variance").first
     text_before, before = headline.inner_text(), image_src(output)
     explorer.scroll_into_view_if_needed()

@@ -46,7 +46,7 @@ def key_figure_cell(page, stem: str):
     cells = page.locator(".jp-CodeCell")
     if stem in KEY_FIGURE:
         return cells.filter(has_text=KEY_FIGURE[stem]).first
-    widget = cells.filter(has=page.locator(".widget-output img"))
+    widget = cells.filter(has=page.locator(".app-figures img"))
     return widget.first if widget.count() else cells.filter(has=page.locator(".jp-OutputArea-output img")).first
 
 
@@ -64,7 +64,7 @@ def drive_controls(page, cell, stem: str, k: int, covered: frozenset = frozenset
     must change instead. Controls named in `covered` were exercised by the notebook's own check (a Train run twice
     from the same seed draws the same view). Returns one latency row per control."""
     rows = []
-    has_view = cell.locator(".widget-output, .widget-html, div.widget-label").count() > 0  # label.widget-label: a description
+    has_view = cell.locator(".app-figures, .widget-html, div.widget-label").count() > 0  # label.widget-label: a description
     controls = [c for c in controls_in(cell) if c.name not in covered]
     trains = any(c.kind == "button" for c in controls)  # settings of a training app take effect on the click
     for control in controls:

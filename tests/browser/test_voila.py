@@ -11,7 +11,7 @@ pytestmark = pytest.mark.browser
 
 def test_dashboard_every_control_redraws(page, voila_app, screenshots):
     page.goto(voila_app, wait_until="domcontentloaded")
-    page.locator(".widget-output img").first.wait_for(timeout=120_000)  # Voilà runs the notebook first
+    page.locator(".app-figures img").first.wait_for(timeout=120_000)  # Voilà runs the notebook first
     page.screenshot(path=screenshots / "voila_app_loaded.png")
     assert page.locator(".cm-content").count() == 0, "app mode shows no code"
     text = page.locator("body").inner_text()
