@@ -165,6 +165,8 @@ def waste_bars(batches: Mapping[str, Batch] | Mapping[str, dict]):
     ax.set_ylim(0, max(w["slots_per_loss_token"] for w in wastes.values()) * 1.25)
     ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title("Compute per loss token")
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]  # margins for labels and legend: no layout
+    fixed_margins(fig, left=y_label_room(ax), right=legend_width(labels, 8), top=0.35, bottom=0.7)  # per redraw
     return fig
 
 
@@ -371,4 +373,7 @@ def effective_vs_ideal(batch: Batch, effective, ideal, *, rank=None, step=None, 
     bottom.set_xticks(x[::every], [str(n) for n in eff.length[::every]], fontsize=7 if len(eff) > 16 else 8)
     bottom.set_xlabel(f"samples ({row_order}), labelled by their loss tokens")
     top.set_title(title or f"max relative error {np.abs(err).max():.1%}", fontsize=10)
+    legend = [h.get_label() for h in handles] + ["full batch (ideal)"]  # margins for labels and legend: no layout
+    fixed_margins(fig, left=max(y_label_room(top), y_label_room(bottom)), right=legend_width(legend, 7), top=0.3,
+                  bottom=0.6, hspace=0.15)  # pass on each of the accumulation explorer's redraws
     return fig
