@@ -6,7 +6,6 @@ Kernels inherit LOSSREDUCE_FAST / LOSSREDUCE_THREADS from the test process (make
 from __future__ import annotations
 
 import copy
-import json
 import re
 import statistics
 from pathlib import Path
