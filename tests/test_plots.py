@@ -252,7 +252,7 @@ CASES = {
     "beyond.delta_l_figure": (lambda: beyond_plots.delta_l_figure(_e8_profile(), _delta_l_curves(), 1.0),
                               r"0\.65"),
 }
-HELPERS = {"relative_weights", "new_figure", "InViewLocator", "fixed_margins", "legend_width", "tick_labels", "y_label_room", "show",
+HELPERS = {"relative_weights", "new_figure", "png_bytes", "InViewLocator", "fixed_margins", "legend_width", "tick_labels", "y_label_room", "show",
            "scheme_color", "readable_log_scale", "draw_gradient_errors", "draw_weight_distance", "draw_metric", "matched_reward_ratios", "matched_reward_title"}
 
 
@@ -405,7 +405,8 @@ def test_house_figures_make_ticks_only_inside_the_view():
 
 
 def test_notebooks_show_figures_as_png_drawn_with_the_inline_settings():
-    """In IPython a Figure displays as PNG made with plots.INLINE_PNG (one draw pass, fast compression)."""
+    """In IPython a Figure displays as PNG made with plots.INLINE_PNG (one draw pass, fast compression), the PNG
+    plots.png_bytes makes for the apps' Image widgets."""
     import base64
     import io
 
@@ -422,5 +423,6 @@ def test_notebooks_show_figures_as_png_drawn_with_the_inline_settings():
         fig.savefig(expected, format="png", **plots.INLINE_PNG)
         fig.savefig(slow, format="png", bbox_inches=None)  # zlib's default level: other bytes (the control)
         assert shown == expected.getvalue() != slow.getvalue()
+        assert plots.png_bytes(fig) == shown  # what an app's Image widget shows: the same PNG
     finally:
         InteractiveShell.clear_instance()

@@ -340,14 +340,15 @@ def constrained_heatmap(app) -> Figure:
 def test_the_same_figure_again_reuses_its_layout():
     from lossreduce_demo.plots import LayoutCache
 
-    app, cache = widgets.AccumulationExplorer(), LayoutCache()
-    figures = {**app.figures, "heatmap": constrained_heatmap(app)}
+    app, delta_l, cache = widgets.AccumulationExplorer(), widgets.DeltaLExplorer(), LayoutCache()
+    figures = {**delta_l.figures, "heatmap": constrained_heatmap(app)}  # both laid out by constrained layout
     for name, fig in figures.items():
         fig.draw_without_rendering()  # constrained layout places the axes
         cache.remember(name, fig)
     app.update()
-    figures = {**app.figures, "heatmap": constrained_heatmap(app)}
-    assert {name for name, fig in figures.items() if cache.reuse(name, fig)} == {"weights", "heatmap"}
+    delta_l.update()
+    figures = {**delta_l.figures, "heatmap": constrained_heatmap(app)}
+    assert {name for name, fig in figures.items() if cache.reuse(name, fig)} == {"delta_l", "heatmap"}
     assert all(fig.get_layout_engine() is None for fig in figures.values())  # fixed: no layout pass at all
 
 
@@ -521,3 +522,4 @@ def test_length_controls_a_family_ignores_are_greyed_out_and_the_others_move_the
         before = app.state["waste"].to_dict()
         control.value = value
         assert control.disabled == (app.state["waste"].to_dict() == before), (family, name)
+
