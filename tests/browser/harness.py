@@ -328,13 +328,34 @@ def operate(control: Control) -> float:
     return acted[0]
 
 
+ARM_TIMING = """cell => {
+  window.__viewTiming = {cell, action: null, loads: []};
+  if (!window.__viewTimingListening) {  // capture phase: before any widget handles the event
+    window.__viewTimingListening = true;
+    const acted = () => { const t = window.__viewTiming; if (t && t.action === null) t.action = performance.now(); };
+    for (const type of ['keydown', 'input', 'change', 'click']) document.addEventListener(type, acted, true);
+    document.addEventListener('load', e => { const t = window.__viewTiming;  // an image decoded, ready to paint
+      if (t && t.action !== null && e.target.tagName === 'IMG' && t.cell.contains(e.target)) t.loads.push(performance.now());
+    }, true);
+  }
+}"""  # the page's own clock: from the user's first input event to each new image of the cell loaded
+READ_TIMING = """() => { const t = window.__viewTiming; window.__viewTiming = null;
+  return t && t.action !== null && t.loads.length ? [(t.loads[0] - t.action) / 1000, (t.loads.at(-1) - t.action) / 1000] : null; }"""
+
+
+def arm_timing(cell) -> None:
+    """Start the in-page clock for the next action on `cell` (read by wait_for_view_change)."""
+    cell.evaluate(ARM_TIMING)
+
+
 def wait_for_view_change(page, cell, before: str, started: float, timeout_s: float, settle_s: float = 0.6,
                          busy=None) -> dict:
     """Wait until the cell's view changed from `before` — its images, when it shows images (a new headline alone is
     not the new view), else its texts — and then held still for `settle_s` (a redraw of several figures arrives in
     parts). `busy`: a button that is disabled while its work runs (a Train button): the view counts as settled only
-    once it is enabled again (a training app redraws as it goes). Returns seconds from `started` to the first new
-    image and to the settled view."""
+    once it is enabled again (a training app redraws as it goes). Returns seconds to the first new image and to the
+    last (the settled view): by the page's own clock, from the action's first input event to each image loaded, when
+    arm_timing ran before the action; else (and always as polled_…) as polled from here, from `started`."""
     images_before = json.loads(before)[0]
     expect_image = bool(images_before) or cell.locator(".widget-output, .app-figures").count() > 0  # it will show one
     deadline = started + timeout_s
@@ -348,6 +369,11 @@ def wait_for_view_change(page, cell, before: str, started: float, timeout_s: flo
                 first_image = now
             current, last_change = now_sig, now
         elif first_image is not None and now - last_change >= settle_s and not (busy and busy.is_disabled()):
-            return {"first_image_s": round(first_image - started, 3), "settled_s": round(last_change - started, 3)}
+            polled = {"polled_first_image_s": round(first_image - started, 3),
+                      "polled_settled_s": round(last_change - started, 3)}
+            in_page = page.evaluate(READ_TIMING)  # None unless arm_timing ran and an image of the cell loaded
+            if in_page is None:
+                return {"first_image_s": polled["polled_first_image_s"], "settled_s": polled["polled_settled_s"]}
+            return {"first_image_s": round(in_page[0], 3), "settled_s": round(in_page[1], 3), **polled}
         time.sleep(0.03)
     raise TimeoutError(f"the view did not {'settle' if first_image else 'change'} within {timeout_s:.0f} s")

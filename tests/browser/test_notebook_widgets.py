@@ -2,7 +2,8 @@
 control of each widget cell is moved or clicked, and the cell's figures or numbers must change with no error text.
 Discovered, not listed: a notebook added to notebooks/ (NN_name.ipynb) is covered as it lands. Each notebook's key figure is screenshotted to build/screenshots/
 (lab_NN_key.png) and each widget cell after its controls moved (lab_NN_widget_K.png); the time from a control change
-to the settled new view is written to build/browser-logs/widget_latency.json (measured, not asserted: a shared
+to the settled new view (by the page's clock: the first input event to the last new image loaded) is written to
+build/browser-logs/widget_latency.json (measured, not asserted: a shared
 machine makes any bound flaky; bench/widget_latency.py measures the Python side)."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from harness import (
     LOGS,
     READOUTS,
     VIEW_SIGNATURE,
+    arm_timing,
     controls_in,
     open_notebook,
     operate,
@@ -71,6 +73,7 @@ def drive_controls(page, cell, stem: str, k: int, covered: frozenset = frozenset
         control.locator.scroll_into_view_if_needed()
         follows_view = has_view and (control.kind == "button" or not trains)
         before = cell.evaluate(VIEW_SIGNATURE if follows_view else READOUTS)
+        arm_timing(cell)
         started = operate(control)  # from the user's action (the key press, the click) to the settled new view
         timeout = BUTTON_TIMEOUT_S if control.kind == "button" else ANALYTIC_TIMEOUT_S
         if follows_view:
