@@ -7,8 +7,8 @@ to VALUES_PER_CONTROL values spread over its range (each a first visit: the widg
 each level), at three levels:
     state   the numbers only (app.draw_figures = False),
     figs    + building the figures,
-    png     + rendering them to PNG as IPython's inline display does (dpi 100), through the app's LayoutCache as
-            `_App._draw` does: what one control change costs before the browser shows the new image.
+    png     + rendering them to PNG as `_App._draw` does for the app's Image widgets (plots.png_bytes, dpi 100,
+            through the app's LayoutCache): what one control change costs before the browser shows the new image.
 Printed: the load average (other processes slow every number), the baseline (one bare `token_weights` call), each
 control's median and worst update per level, then per view the median and worst png update and their ratio to the
 baseline (a ratio survives a busier machine better than milliseconds do), and the CPU time this process spent
@@ -19,7 +19,6 @@ Run: `LOSSREDUCE_THREADS=1 .venv/bin/python bench/widget_latency.py [view-substr
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import statistics
@@ -71,10 +70,10 @@ def control_name(app, control) -> str:
 
 
 def render_png(app) -> None:
-    """PNG of every figure of the last update as `_App._draw` shows it: LayoutCache, then IPython's PNG (dpi 100)."""
+    """PNG of every figure of the last update as `_App._draw` makes it: LayoutCache, then plots.png_bytes."""
     for name, fig in app.figures.items():
         app.layouts.reuse(name, fig)
-        fig.savefig(io.BytesIO(), format="png", dpi=100, **plots.INLINE_PNG)
+        plots.png_bytes(fig)
         app.layouts.remember(name, fig)
 
 

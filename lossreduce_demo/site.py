@@ -2,7 +2,7 @@
 (`make site`).
 
 Every notebook is executed in a fresh kernel (default mode; `--fast` for LOSSREDUCE_FAST=1) and rendered by
-nbconvert with its figures. Widgets become snapshots: the figures their Outputs showed after the run, and the
+nbconvert with its figures. Widgets become snapshots: the figures their Outputs and Images showed after the run, and the
 values of their controls, in place of controls that would need a kernel. An index page lists the notebooks in the
 suite's order with what each shows and how to run it (JupyterLab; Colab when the repository is known:
 `--repository owner/name` or LOSSREDUCE_REPOSITORY). The site is built in a temporary folder next to OUT_DIR

@@ -96,7 +96,8 @@ def _length_controls(app, *, family="bimodal", short_mean=4, long_mean=30, long_
 
 
 class _App(abc.ABC):
-    """Controls → update() → state, message and figures drawn into an Output."""
+    """Controls → update() → state, message and figures, each shown as PNG in an Image widget of its own that a
+    redraw updates in place."""
 
     controls: list
 
