@@ -252,7 +252,7 @@ CASES = {
     "beyond.delta_l_figure": (lambda: beyond_plots.delta_l_figure(_e8_profile(), _delta_l_curves(), 1.0),
                               r"0\.65"),
 }
-HELPERS = {"relative_weights", "new_figure", "png_bytes", "InViewLocator", "fixed_margins", "legend_width", "tick_labels", "y_label_room", "show",
+HELPERS = {"relative_weights", "new_figure", "png_bytes", "without_layout_engine", "InViewLocator", "fixed_margins", "legend_width", "tick_labels", "y_label_room", "show",
            "scheme_color", "readable_log_scale", "draw_gradient_errors", "draw_weight_distance", "draw_metric", "matched_reward_ratios", "matched_reward_title"}
 
 

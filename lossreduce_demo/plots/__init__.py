@@ -60,6 +60,14 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, width: float = 7.0, height: fl
     return fig, (axes[0, 0] if nrows == ncols == 1 else axes)
 
 
+def without_layout_engine(fig) -> None:
+    """No layout engine at all on `fig` (its axes stay where they are): a placeholder engine still costs savefig
+    a layout draw pass."""
+    fig.set_layout_engine(None)
+    if fig.get_layout_engine() is not None:  # rcParams ask for a layout by default
+        fig.set_layout_engine("none")
+
+
 def fixed_margins(fig, *, left: float, right: float, top: float, bottom: float, wspace: float = 0.0,
                   hspace: float = 0.0) -> None:
     """Place a new_figure's panels with margins and gaps between panels in inches instead of constrained layout:
@@ -68,9 +76,7 @@ def fixed_margins(fig, *, left: float, right: float, top: float, bottom: float, 
     nrows, ncols = fig.axes[0].get_subplotspec().get_gridspec().get_geometry()
     panel_width = (width - left - right - wspace * (ncols - 1)) / ncols
     panel_height = (height - top - bottom - hspace * (nrows - 1)) / nrows
-    fig.set_layout_engine(None)
-    if fig.get_layout_engine() is not None:  # rcParams ask for a layout by default
-        fig.set_layout_engine("none")
+    without_layout_engine(fig)
     fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height,
                         wspace=wspace / panel_width, hspace=hspace / panel_height)
 
@@ -179,9 +185,7 @@ class LayoutCache:
                 ax.set_position(position)
                 ax.set_in_layout(in_layout)  # set_position takes an axes out of the layout
             return False
-        fig.set_layout_engine(None)  # no engine at all: a placeholder one still costs savefig a layout draw pass
-        if fig.get_layout_engine() is not None:  # rcParams ask for a layout by default
-            fig.set_layout_engine("none")
+        without_layout_engine(fig)
         return True
 
     def remember(self, name: str, fig) -> None:
