@@ -195,7 +195,8 @@ class _App(abc.ABC):
             png = plots.png_bytes(fig)
             self.layouts.remember(name, fig)
             if name not in self.images:
-                self.images[name] = W.Image(format="png", layout=W.Layout(max_width="100%", height="auto"))
+                self.images[name] = W.Image(format="png", layout=W.Layout(  # its own size, narrower if need be
+                    max_width="100%", height="auto", align_self="flex-start"))
             self.images[name].value = png
             shown.append(self.images[name])
         if tuple(shown) != self.figure_area.children:

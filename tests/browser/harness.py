@@ -255,6 +255,9 @@ VIEW_SIGNATURE = """cell => {
   const texts = [...cell.querySelectorAll('.widget-output, .widget-html, div.widget-label')].map(e => e.innerText);
   return JSON.stringify([images, texts]);
 }"""  # what a reader sees change: the images (hashed) and the texts of outputs, HTML and label widgets
+UPSCALED_FIGURES = """root => [...root.querySelectorAll('.app-figures img')]
+  .filter(img => img.complete && img.naturalWidth > 0 && img.clientWidth > img.naturalWidth + 1)
+  .map(img => `${img.clientWidth} px wide for ${img.naturalWidth} px`)"""  # an app's figure blown up: blurred
 ERROR_TEXT = """cell => [...cell.querySelectorAll('.jp-OutputArea-output, .widget-html, .widget-label')]
   .map(e => e.innerText).filter(t => /Traceback|Error:|Exception|⚠/.test(t)).join('\\n')"""
 READOUTS = """cell => [...cell.querySelectorAll('.widget-readout, select, input, .widget-toggle-button.mod-active')]

@@ -17,6 +17,7 @@ from harness import (
     ERROR_TEXT,
     LOGS,
     READOUTS,
+    UPSCALED_FIGURES,
     VIEW_SIGNATURE,
     arm_timing,
     controls_in,
@@ -104,6 +105,8 @@ def test_every_widget_responds_without_errors(page, lab, screenshots, path):
     try:
         open_notebook(page, lab, path.name)
         run_all(page, timeout_s=300)
+        upscaled = page.locator("body").evaluate(UPSCALED_FIGURES)
+        assert not upscaled, f"{stem}: app figures shown wider than drawn (blurred): {upscaled}"
         key = key_figure_cell(page, stem)
         key.scroll_into_view_if_needed()
         key.locator(".jp-Cell-outputArea").screenshot(path=screenshots / f"lab_{stem[:2]}_key.png")

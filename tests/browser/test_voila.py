@@ -4,7 +4,7 @@ type into, tab labels whole, and every control of both tabs redraws its plots wi
 from __future__ import annotations
 
 import pytest
-from harness import ERROR_TEXT, VIEW_SIGNATURE, controls_in, operate, wait_for_view_change
+from harness import ERROR_TEXT, UPSCALED_FIGURES, VIEW_SIGNATURE, controls_in, operate, wait_for_view_change
 
 pytestmark = pytest.mark.browser
 
@@ -37,4 +37,5 @@ def test_dashboard_every_control_redraws(page, voila_app, screenshots):
                 pytest.fail(f"tab {t}: {control.label}: {error}")
             errors = panel.evaluate(ERROR_TEXT)
             assert not errors, f"tab {t}: {control.label} shows an error:\n{errors}"
+        assert not panel.evaluate(UPSCALED_FIGURES), f"tab {t}: figures shown wider than drawn"
         dashboard.screenshot(path=screenshots / f"voila_app_tab_{t}.png")
