@@ -6,9 +6,11 @@ the ΔL explorer (08). Every control of each (sliders, menus, toggles, checkboxe
 to VALUES_PER_CONTROL values spread over its range (each a first visit: the widgets' caches are cleared before
 each level), at three levels:
     state   the numbers only (app.draw_figures = False),
-    figs    + building the figures,
-    png     + rendering them to PNG as `_App._draw` does for the app's Image widgets (plots.png_bytes, dpi 100,
-            through the app's LayoutCache): what one control change costs before the browser shows the new image.
+    figs    + building the figures (no frontend: the figures are made, not shown),
+    png     the app's whole update as in a kernel (`_App._draw` with a frontend): each figure made, rendered to
+            PNG through the app's LayoutCache and set into its Image widget, then the garbage collection of the
+            figures replaced (with the objects alive at the app's start frozen, as the apps do in a kernel): what one
+            control change costs before the browser has every new image, plus that collection (~15 ms).
 Printed: the load average (other processes slow every number), the baseline (one bare `token_weights` call), each
 control's median and worst update per level, then per view the median and worst png update and their ratio to the
 baseline (a ratio survives a busier machine better than milliseconds do), and the CPU time this process spent
@@ -31,7 +33,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 
-from lossreduce_demo import plots, widgets  # noqa: E402
+from lossreduce_demo import widgets  # noqa: E402
 from lossreduce_demo.reductions import token_weights  # noqa: E402
 
 VALUES_PER_CONTROL = 5
@@ -69,35 +71,25 @@ def control_name(app, control) -> str:
     return names[0] if names else control.description
 
 
-def render_png(app) -> None:
-    """PNG of every figure of the last update as `_App._draw` makes it: LayoutCache, then plots.png_bytes."""
-    for name, fig in app.figures.items():
-        app.layouts.reuse(name, fig)
-        plots.png_bytes(fig)
-        app.layouts.remember(name, fig)
-
-
 def time_control(app, control, level: str) -> tuple[list[float], list[float]]:
     """Wall-clock and CPU seconds per update while `control` walks its values (then back to where it was)."""
     start = control.value
     app.draw_figures = level != "state"
+    widgets._frontend = lambda: level == "png"  # the app draws into its Image widgets as in a kernel
     wall, cpu = [], []
     for value in control_values(control):
         begin, begin_cpu = time.perf_counter(), time.process_time()
         control.value = value  # the observer updates the app (an explorer) or its prediction (the Train app)
-        if level == "png":
-            render_png(app)
         wall.append(time.perf_counter() - begin)
         cpu.append(time.process_time() - begin_cpu)
     with app.hold():
         control.value = start
-    if level == "png":
-        render_png(app)
-    app.draw_figures = True
+    app.draw_figures, widgets._frontend = True, lambda: True
     return wall, cpu
 
 
 def make_views() -> dict:
+    widgets._frontend = lambda: True  # as in a kernel: each app freezes the objects alive when it is made
     dashboard = widgets.Dashboard()
     return {
         "01 formats": widgets.FormatsExplorer(),

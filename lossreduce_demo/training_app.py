@@ -194,12 +194,18 @@ def bucket_losses(history: pd.DataFrame, step: int | None = None) -> pd.DataFram
     return rows[rows.step == step].pivot_table(index="bucket", columns="run", values="value", sort=False)
 
 
-def figures(run: BranchRun) -> dict:
-    """{name: Figure}: P("L") per run (measured vs predicted) and the held-out loss by reply length."""
+def figure_makers(run: BranchRun) -> dict:
+    """{name: function making the Figure}: P("L") per run (measured vs predicted) and the held-out loss by reply
+    length (the Train app draws and shows them one at a time)."""
     table = run.table.assign(metric="p_long", value=run.table.measured)
     s = run.setting
     title = (f'Learned P("L"): replies {s.short_len}/{s.long_len} tokens, f = {run.long_fraction:.2f}\n'
              f'{s.context_turns} {"turn" if s.context_turns == 1 else "turns"} before, {s.layout}, '
              f'K = {s.grad_accum} {s.normalization}')
-    return {"p_long": plots.p_long_figure(table, title),
-            "loss_by_length": plots.loss_by_length_figure(run.result.history)}
+    return {"p_long": lambda: plots.p_long_figure(table, title),
+            "loss_by_length": lambda: plots.loss_by_length_figure(run.result.history)}
+
+
+def figures(run: BranchRun) -> dict:
+    """{name: Figure}: figure_makers' figures, made."""
+    return {name: make_figure() for name, make_figure in figure_makers(run).items()}

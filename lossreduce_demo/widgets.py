@@ -6,8 +6,9 @@ Every app is a class with
     .update()  recompute and redraw (called by every control change, or by the Train button of the training
                apps, which train nothing before the click; returns .state),
     .state     the numbers of the last update (dicts / DataFrames), with "message" ("" when all is well),
-    .figures   the matplotlib Figures of the last update (made with plots.new_figure, never pyplot);
-               app.draw_figures = False skips them (state only, e.g. for tests and benchmarks).
+    .figures   the matplotlib Figures of the last update (made with plots.new_figure, never pyplot), each shown
+               as soon as it is made; app.draw_figures = False skips them (state only, e.g. for tests and
+               benchmarks).
 Updates are analytic and cheap: conversations and layouts are cached per setting, weights are recomputed.
 Invalid settings (e.g. uniform lengths with low > high, packed rows shorter than a conversation) show a message
 in the app and leave no figure, never a traceback or NaN. `app.set(a=1, b=2)` changes several controls with one
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import gc
 import math
 from functools import lru_cache
 
@@ -111,6 +113,8 @@ class _App(abc.ABC):
         self.figures: dict = {}
         self._paused = False
         self.draw_figures = True
+        if _frontend():
+            _freeze_live_objects()
         self.controls = [c for row in rows for c in row] if controls is None else controls
         self.button = button
         for control in self.controls:  # every change refreshes (cheap): see _refresh
@@ -147,29 +151,29 @@ class _App(abc.ABC):
         return self.state
 
     @abc.abstractmethod
-    def _compute(self, notes: list[str]) -> tuple[dict, object]:
-        """(state, make_figures): the numbers, and a function drawing them into {name: Figure}."""
+    def _compute(self, notes: list[str]) -> tuple[dict, dict]:
+        """(state, figures): the numbers, and {name: a function making that Figure}."""
 
     def update(self) -> dict:
         notes: list[str] = []
         if self.button is not None:
             self.button.disabled = True
         try:
-            state, make_figures = self._compute(notes)
+            state, figures = self._compute(notes)
         except ValueError as error:  # ChatFormatError is a ValueError: bad settings, reported in the app
-            self.state, self.figures = {"message": f"Invalid setting: {error}"}, {}
+            self.state = {"message": f"Invalid setting: {error}"}
             self.message.value = f"<b style='color:#D55E00'>⚠ Invalid setting:</b> {_escape(error)}"
             self.headline.value = ""
-            self._draw()
+            self._draw({})
             return self.state
         except Exception as error:  # a click that failed: shown in the app, never reported as done
             if self.button is None:
                 raise
-            self.state, self.figures = {"message": f"Failed: {type(error).__name__}: {error}"}, {}
+            self.state = {"message": f"Failed: {type(error).__name__}: {error}"}
             self.headline.value = ""
             self.message.value = (f"<b style='color:#D55E00'>⚠ Failed:</b> {_escape(type(error).__name__)}: "
                                   f"{_escape(error)}")
-            self._draw()
+            self._draw({})
             return self.state
         finally:
             if self.button is not None:
@@ -177,20 +181,20 @@ class _App(abc.ABC):
         state["message"] = " ".join(notes)
         if "headline" in state:  # an app may instead write richer HTML into self.headline itself
             self.headline.value = f"<b>{_escape(state['headline'])}</b>"
-        self.state, self.figures = state, (make_figures() if self.draw_figures else {})
+        self.state = state
         self.message.value = "".join(f"<div style='color:#555'>ℹ {_escape(n)}</div>" for n in notes)
-        self._draw()
+        self._draw(figures if self.draw_figures else {})
         return self.state
 
-    def _draw(self, figures: dict | None = None) -> None:
-        """Show `figures` (default: the last update's) as PNG in the app's Image widgets, one per figure name: a
-        redraw sends each image's new bytes (binary, in place), not a new output."""
-        from IPython import get_ipython
-
-        if get_ipython() is None:  # no frontend to draw into (plain Python, tests): keep the figures only
-            return
-        shown = []
-        for name, fig in (self.figures if figures is None else figures).items():
+    def _draw(self, figures: dict) -> None:
+        """Make each figure of {name: function making it} and show it at once as PNG in the app's Image widget of
+        that name (its new bytes sent in place, binary): the browser shows the first while the next is drawn."""
+        frontend = _frontend()  # none in plain Python and tests: the figures are only kept
+        self.figures, shown = {}, []
+        for name, make_figure in figures.items():
+            fig = self.figures[name] = make_figure()
+            if not frontend:
+                continue
             self.layouts.reuse(name, fig)
             png = plots.png_bytes(fig)
             self.layouts.remember(name, fig)
@@ -199,8 +203,10 @@ class _App(abc.ABC):
                     max_width="100%", height="auto", align_self="flex-start"))
             self.images[name].value = png
             shown.append(self.images[name])
-        if tuple(shown) != self.figure_area.children:
-            self.figure_area.children = tuple(shown)
+        if frontend:
+            if tuple(shown) != self.figure_area.children:
+                self.figure_area.children = tuple(shown)
+            gc.collect()  # the figures replaced are reference cycles: freed now, with the new images on their way
 
     def _progress(self, text: str) -> None:
         """A status line while a training app works."""
@@ -210,6 +216,24 @@ class _App(abc.ABC):
         from IPython.display import display
 
         display(self.widget)
+
+
+def _frontend() -> bool:
+    """Whether a kernel with a frontend runs us (IPython): else (plain Python, tests) no figure is rendered."""
+    from IPython import get_ipython
+
+    return get_ipython() is not None
+
+
+def _freeze_live_objects() -> None:
+    """Take every object alive now (the libraries, the notebook's data) out of the reach of Python's cyclic
+    garbage collector (gc.freeze), after collecting what is garbage (gc.unfreeze first: an app made before and
+    dropped since is freed now). Each redraw leaves the figures it replaced as reference cycles. Only a full
+    collection frees them; over a whole kernel heap one takes 0.1–0.3 s and came in the middle of one redraw
+    in six. Collected after each redraw, with the live objects frozen, they take ~15 ms (bench/widget_latency.py)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _escape(text) -> str:
@@ -248,7 +272,7 @@ class FormatsExplorer(_App):
         padding = ", ".join(f"{row.layout} {row.padding_fraction:.0%}" for row in waste.itertuples())
         state = {"waste": waste, "split_over_multiturn_tokens": float(ratio), "mean_turns": float(turns),
                  "headline": f"format A computes {ratio:.2f}× the tokens of format B · padding: {padding}"}
-        return state, lambda: {"layouts": plots.layout_diagrams(batches), "waste": plots.waste_bars(batches)}
+        return state, {"layouts": lambda: plots.layout_diagrams(batches), "waste": lambda: plots.waste_bars(batches)}
 
 
 # ---------------------------------------------------------------- 02: weights
@@ -329,10 +353,11 @@ class WeightExplorer(_App):
                                  f"{state['shortest_over_longest']:.3g}× one of the longest · the longer half of the "
                                  f"samples gets {state['share_longer_half']:.0%} of the step "
                                  f"({state['tokens_longer_half']:.0%} of the loss tokens)")
-        return state, lambda: {
-            "heatmap": plots.weight_heatmap(batch, weights, title=f"{scheme.label}: weight per token vs token-mean"),
-            "length": plots.weight_vs_length({scheme.label: profile, "token-mean": ref_profile}),
-            "buckets": plots.share_by_bucket(buckets),
+        return state, {
+            "heatmap": lambda: plots.weight_heatmap(batch, weights,
+                                                    title=f"{scheme.label}: weight per token vs token-mean"),
+            "length": lambda: plots.weight_vs_length({scheme.label: profile, "token-mean": ref_profile}),
+            "buckets": lambda: plots.share_by_bucket(buckets),
         }
 
 
@@ -396,7 +421,7 @@ class AccumulationExplorer(_App):
         title = (f"{scheme.label}, {norm} normalisation, R={R}, K={K}: max relative error "
                  f"{error:.1%}" + (" (exact)" if error < 1e-9 else ""))
         order = "rows sorted by length, shortest first" if self.sort_by_length.value else "rows in data order"
-        return state, lambda: {"weights": plots.effective_vs_ideal(batch, effective, ideal, rank=rank, step=step,
+        return state, {"weights": lambda: plots.effective_vs_ideal(batch, effective, ideal, rank=rank, step=step,
                                                                    title=title, row_order=order)}
 
 
@@ -464,7 +489,7 @@ class DeltaLExplorer(_App):
         notes.append(f"ΔL a={a:g}: step variance {state['variance_vs_a0']:.2f}× that of a=0; noise-to-signal "
                      f"{state['noise_to_signal_per_sequence']:.2f}× token-mean's for one signal per sequence, "
                      f"{state['noise_to_signal_per_token']:.2f}× for a signal per token.")
-        return state, lambda: {"delta_l": plots.beyond.delta_l_figure(profile, curves, a)}
+        return state, {"delta_l": lambda: plots.beyond.delta_l_figure(profile, curves, a)}
 
 
 class RatioTrainingApp(_App):
@@ -497,8 +522,8 @@ class RatioTrainingApp(_App):
         zero = {rule: e10.zero_gradient_fraction(by_length, rule) for rule in e10.RULE_CONFIGS}
         notes.append("done: zero-gradient tokens " + ", ".join(f"{r} {v:.1%}" for r, v in zero.items())
                      + " — click again to re-run")
-        return dict(by_length=by_length, zero_gradient_fraction=zero), lambda: {
-            "e10": plots.beyond.e10_figure(by_length)}
+        return dict(by_length=by_length, zero_gradient_fraction=zero), {
+            "e10": lambda: plots.beyond.e10_figure(by_length)}
 
 
 class Dashboard:
@@ -606,7 +631,7 @@ class FrameworkExplorer(_App):
                                f"{_escape(rec.scheme.label)} × {rec.normalization}, weight of a token "
                                f"<b>{_escape(formula)}</b>; max error vs the full batch: <b>{verdict}</b>")
         title = f"{name}: {spell(options)}\nR={R}, K={K}: max relative error vs the full batch {verdict}"
-        return state, lambda: {"weights": plots.effective_vs_ideal(batch, effective, ideal, rank=rank, step=step,
+        return state, {"weights": lambda: plots.effective_vs_ideal(batch, effective, ideal, rank=rank, step=step,
                                                                    title=title)}
 
 
@@ -729,7 +754,7 @@ class TrainingApp(_App):
                              for r in run.table.itertuples()) + f" (trained in {run.seconds:.1f} s)"
         state = {"table": run.table, "seconds": run.seconds, "long_fraction": run.long_fraction,
                  "setting": setting, "headline": headline}
-        return state, lambda: ta.figures(run)
+        return state, ta.figure_makers(run)
 
 
 class RLTrainingApp(_App):
@@ -761,11 +786,11 @@ class RLTrainingApp(_App):
             def on_step(step, row, _policy, name=name, cfg=cfg):
                 rows.append(dict(algorithm=name, scheme=cfg.scheme, seed=self.seed, **row))
                 if step % self.redraw_every == 0 and self.draw_figures:
-                    self._draw({"ratio": rl_plots.ratio_curves(pd.DataFrame(rows))})
+                    self._draw({"ratio": lambda: rl_plots.ratio_curves(pd.DataFrame(rows))})
 
             rl.train_policy(self.task, cfg, self.seed, self._start, callback=on_step, progress=False)
         notes.append("done: click again to re-run from the same warm start")
         curves = pd.DataFrame(rows)
         headline = "π(long wrong) / π(short wrong) " + rl_plots.matched_reward_title(curves)
-        return {"curves": curves, "headline": headline}, lambda: {"ratio": rl_plots.ratio_curves(curves)}
+        return {"curves": curves, "headline": headline}, {"ratio": lambda: rl_plots.ratio_curves(curves)}
 
