@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[dev,frameworks]" 2>&1 | grep -v "is ignored: it is neither" || true
-	$(PY) -c "import pytest, hypothesis, nbclient"
+	$(PY) -c "import pytest, hypothesis, nbclient, xdist"
 	touch $@
 
 # jupyter lab refuses to start as root (containers, CI images) unless told it is meant.
@@ -23,8 +23,8 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root)
 lab: $(VENV)/.installed  ## set up and open the suite in JupyterLab
 	$(VENV)/bin/jupyter lab $(ALLOW_ROOT) notebooks/00_start_here.ipynb
 
-test: $(VENV)/.installed-dev  ## set up and run every test (notebooks included, in fast mode)
-	LOSSREDUCE_FAST=1 LOSSREDUCE_THREADS=1 $(PY) -m pytest -m "not browser"
+test: $(VENV)/.installed-dev  ## set up and run every test (notebooks included, in fast mode), one worker per core (≤ 4)
+	LOSSREDUCE_FAST=1 LOSSREDUCE_THREADS=1 $(PY) -m pytest -m "not browser" -n auto --maxprocesses 4
 
 test-browser: $(VENV)/.installed-dev  ## widgets in JupyterLab and Voila, driven in headless Chromium
 	LOSSREDUCE_FAST=1 LOSSREDUCE_THREADS=1 $(PY) -m pytest -m browser
