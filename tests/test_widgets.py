@@ -524,7 +524,6 @@ def test_length_controls_a_family_ignores_are_greyed_out_and_the_others_move_the
         assert control.disabled == (app.state["waste"].to_dict() == before), (family, name)
 
 
-
 # ---------------------------------------------------------------- showing figures in a frontend
 
 
