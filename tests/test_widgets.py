@@ -598,9 +598,9 @@ def test_the_dashboards_two_apps_share_one_freeze(monkeypatch):
     monkeypatch.setattr(gc, "freeze", lambda: freezes.append(True))
     InteractiveShell.instance()
     try:
-        widgets.Dashboard()
+        widgets.Dashboard(n_conversations=4)
         assert len(freezes) == 1
-        widgets.WeightExplorer(), widgets.AccumulationExplorer()
+        widgets.WeightExplorer(n_conversations=4), widgets.AccumulationExplorer(n_conversations=4)
         assert len(freezes) == 3
     finally:
         InteractiveShell.clear_instance()
