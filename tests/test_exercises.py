@@ -1,5 +1,5 @@
-"""Exercise checkers: a right answer written to 2 significant figures passes, a near one hears "close — give more
-digits", a wrong one gets the method hint; every notebook's checkers accept their own solution."""
+"""Exercise checkers: a right answer written to 2 significant figures passes, a near one hears "close" (give more
+digits, or check the rounding), a wrong one gets the method hint; every notebook's checkers accept their own solution."""
 
 from __future__ import annotations
 
@@ -27,11 +27,15 @@ def test_two_significant_figures_are_right(answer, expected, capsys):
     assert capsys.readouterr().out.startswith("✅")
 
 
-@pytest.mark.parametrize("answer, expected", [(3, 3.4), (0.3, 1 / 3), (0.79, 0.7843), (0.021, 0.0204)])
-def test_near_answers_hear_close_give_more_digits(answer, expected, capsys):
+@pytest.mark.parametrize("answer, expected, said", [
+    (3, 3.4, "Close — give more digits"), (0.3, 1 / 3, "Close — give more digits"),  # one figure: right at it
+    (0.79, 0.7843, "Close — check your rounding"), (0.021, 0.0204, "Close — check your rounding"),  # two, one off
+    (3.2, 3.118, "Close — check your rounding"), ("3.0", 3.118, "Close — check your rounding"),
+])
+def test_near_answers_hear_close_and_what_to_fix(answer, expected, said, capsys):
     assert check_number(answer, expected, "right", "the method hint", rel=1e-3) is False
     out = capsys.readouterr().out
-    assert "Close — give more digits" in out and "the method hint" not in out
+    assert said in out and "the method hint" not in out
 
 
 @pytest.mark.parametrize("answer", [0.5, 0.0, -0.0204, "abc", None, float("nan"), True])

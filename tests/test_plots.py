@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 from figure_checks import assert_readable, figure_problems, figure_text
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
@@ -256,6 +256,36 @@ HELPERS = {"relative_weights", "new_figure", "png_bytes", "without_layout_engine
            "scheme_color", "readable_log_scale", "draw_gradient_errors", "draw_weight_distance", "draw_metric", "matched_reward_ratios", "matched_reward_title"}
 
 
+def test_p_long_numbers_sit_beside_what_they_label_when_measured_and_predicted_are_far_apart():
+    """A short (fast-mode) run measures 0.021 against a prediction of 0.135: each number is written at its own
+    height (close ones share one label above both: CASES)."""
+    table = pd.DataFrame([dict(run=run, metric="p_long", seed=s, value=value, predicted=predicted)
+                          for run, value, predicted in (("token-mean", 0.021, 0.135), ("token-sum", 0.18, 0.186))
+                          for s in range(2)])
+    fig = plots.p_long_figure(table)
+    at = {t.get_text(): t.xy[1] for t in fig.axes[0].texts}
+    assert at == {"0.021": pytest.approx(0.021), "pred. 0.135": pytest.approx(0.135),
+                  "0.180\npred. 0.186": pytest.approx(0.186)}
+    assert_readable(fig)
+
+
+def test_e2_says_which_curves_coincide_and_draws_each_distance_where_it_is():
+    """Equal lengths: naive = global, so one curve hides the other (its legend entry says so); a distance of 2e-14
+    is drawn at 2e-14, and an exact 0 at 1e-17, said in the legend."""
+    table = _e2_table()
+    mixed_global = (table.format == "mixed lengths") & (table.normalization == "global")
+    table.loc[mixed_global & (table.grad_accum == 16), "value"] = 2e-14
+    table.loc[mixed_global & (table.grad_accum == 2), "value"] = 0.0
+    ax = plots.e2_figure(table).axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"global, equal lengths", "naive (local), equal lengths (= global, on top)",
+                          "global, mixed lengths (0 drawn at 1e-17)", "naive (local), mixed lengths"}
+    drawn = dict(zip(lines["global, mixed lengths (0 drawn at 1e-17)"].get_xdata(),
+                     lines["global, mixed lengths (0 drawn at 1e-17)"].get_ydata()))
+    assert drawn[16] == 2e-14 and drawn[2] == 1e-17 and drawn[4] == 1e-5
+    assert lines["naive (local), mixed lengths"].get_linestyle() == "-"
+
+
 def test_every_plot_function_has_a_case():
     """A new plot function must be added to CASES (and so to the readability checks)."""
     public = {name for name, fn in inspect.getmembers(plots, inspect.isfunction) if not name.startswith("_")}
@@ -327,6 +357,18 @@ def test_readable_log_locator_labels_two_ticks_in_any_view(low, high):
     ticks = plots.ReadableLogLocator().tick_values(low, high)
     assert len(ticks) >= 2 and all(low * (1 - 1e-9) <= t <= high * (1 + 1e-9) for t in ticks), ticks
     assert len(ticks) <= 10
+
+
+@given(low=st.floats(1e-6, 1e6), factor=st.floats(1.05, 1e4))
+@example(low=0.85, factor=4.5 / 0.85)  # E7's ratio panel: 0.9 | 1 | 2 | 3 | 4 before
+@example(low=0.089, factor=5.0)
+def test_readable_log_ticks_never_crowd_each_other(low, factor):
+    """No two labels closer than a tenth of the view's span on the log axis (E7's 0.9 under 1 was)."""
+    high = low * factor
+    ticks = sorted(plots.ReadableLogLocator().tick_values(low, high))
+    assert len(ticks) >= 2, ticks
+    gaps = np.diff(np.log10(ticks))
+    assert gaps.min() >= np.log10(factor) / 10 * (1 - 1e-6), ticks
 
 
 def test_heatmap_of_all_zero_weights_draws_without_nan():

@@ -9,7 +9,7 @@ import math
 from decimal import Decimal, InvalidOperation
 
 MIN_FIGURES = 2  # an answer with 2 significant figures (0.78, 0.020, 3.1) is right when the value rounds to it
-NEAR = 0.05  # within 5 % (or right at the answer's own, coarser precision): "close — give more digits"
+NEAR = 0.05  # within 5 % (or right at the answer's own, coarser precision): "close"
 
 
 def feedback(ok: bool, right: str, wrong: str) -> bool:
@@ -84,8 +84,12 @@ def check_number(answer, expected: float, right: str, wrong: str, *, rel: float 
     if _decimal(answer) is None:
         return feedback(False, "", f"{answer!r} is not a number. {wrong}")
     if rel > 0 and near(answer, expected):
-        print(f"🟡 Close — give more digits: {answer} is near the value but not at {MIN_FIGURES} significant figures; "
-              "check your rounding.")
+        if significant_figures(answer) < MIN_FIGURES:  # 3 for 3.4: right only at its own, coarser precision
+            print(f"🟡 Close — give more digits: {answer} is near the value; write at least {MIN_FIGURES} "
+                  "significant figures.")
+        else:  # 0.79 for 0.784: the figures are there, the last one is off
+            print(f"🟡 Close — check your rounding: {answer} is within {NEAR:.0%} of the value but not it at the "
+                  "precision you wrote.")
         return False
     return feedback(False, right, wrong)
 

@@ -119,12 +119,21 @@ class ReadableLogLocator(Locator):
             ticks = LogLocator(base=10, numticks=self.MAX_TICKS).tick_values(vmin, vmax)
             return [t for t in ticks if vmin <= t <= vmax]
         low, high = math.floor(math.log10(vmin)) - 1, math.ceil(math.log10(vmax)) + 1
-        choices = ((1,), (1, 2, 5), (1, 2, 3, 4, 5, 6, 7, 8, 9))
-        for subs in choices:
+
+        def in_view(subs):
             ticks = [m * 10.0**e for e in range(low, high + 1) for m in subs]
-            ticks = [t for t in ticks if vmin * (1 - 1e-9) <= t <= vmax * (1 + 1e-9)]
-            if len(ticks) >= 3 or (len(ticks) == 2 and subs is choices[-1]):
+            return [t for t in ticks if vmin * (1 - 1e-9) <= t <= vmax * (1 + 1e-9)]
+
+        for subs in ((1,), (1, 2, 5)):
+            if len(ticks := in_view(subs)) >= 3:
                 return ticks[:: max(1, math.ceil(len(ticks) / self.MAX_TICKS))]
+        gap = math.log10(vmax / vmin) / 10  # 1-2-5 first, then any of 1…9 that does not crowd them (0.9 beside 1)
+        for tick in in_view(range(1, 10)):
+            if all(abs(math.log10(tick / kept)) >= gap for kept in ticks):
+                ticks.append(tick)
+        if len(ticks) >= 2:
+            ticks.sort()
+            return ticks[:: max(1, math.ceil(len(ticks) / self.MAX_TICKS))]
         return [t for t in MaxNLocator(nbins=4).tick_values(vmin, vmax) if vmin <= t <= vmax and t > 0]
 
 
