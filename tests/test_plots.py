@@ -271,18 +271,20 @@ def test_p_long_numbers_sit_beside_what_they_label_when_measured_and_predicted_a
 
 def test_e2_says_which_curves_coincide_and_draws_each_distance_where_it_is():
     """Equal lengths: naive = global, so one curve hides the other (its legend entry says so); a distance of 2e-14
-    is drawn at 2e-14, and an exact 0 at 1e-17, said in the legend."""
+    is drawn at 2e-14, and an exact 0 at 1e-17, said on the figure."""
     table = _e2_table()
     mixed_global = (table.format == "mixed lengths") & (table.normalization == "global")
     table.loc[mixed_global & (table.grad_accum == 16), "value"] = 2e-14
     table.loc[mixed_global & (table.grad_accum == 2), "value"] = 0.0
-    ax = plots.e2_figure(table).axes[0]
+    fig = plots.e2_figure(table)
+    ax = fig.axes[0]
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert set(lines) == {"global, equal lengths", "naive (local), equal lengths (= global, on top)",
-                          "global, mixed lengths (0 drawn at 1e-17)", "naive (local), mixed lengths"}
-    drawn = dict(zip(lines["global, mixed lengths (0 drawn at 1e-17)"].get_xdata(),
-                     lines["global, mixed lengths (0 drawn at 1e-17)"].get_ydata()))
+                          "global, mixed lengths", "naive (local), mixed lengths"}
+    drawn = dict(zip(lines["global, mixed lengths"].get_xdata(), lines["global, mixed lengths"].get_ydata()))
     assert drawn[16] == 2e-14 and drawn[2] == 1e-17 and drawn[4] == 1e-5
+    assert [t.get_text() for t in ax.texts] == ["0 (bit-identical) drawn at 1e-17"]
+    assert_readable(fig)
     assert lines["naive (local), mixed lengths"].get_linestyle() == "-"
 
 

@@ -173,7 +173,8 @@ def _finish(name: str, rows: list[dict], curves: list[pd.DataFrame], verdict: pd
             started: float) -> ExperimentResult:
     table = pd.concat([tidy(rows)] + curves, ignore_index=True)
     table = tidy(table.to_dict("records"))
-    table["value"] = table["value"].astype(float).round(8)  # byte-identical CSVs for the same seed
+    # 8 significant figures (not decimals: E2's rounding-level distances are ~1e-14): byte-identical CSVs per seed
+    table["value"] = [float(f"{v:.8g}") for v in table["value"].astype(float)]
     verdict = pd.concat([verdict, pd.DataFrame([dict(what=f"wall time {time.time() - started:.0f} s",
                                                      predicted=np.nan, measured=np.nan, passed=pd.NA)])],
                         ignore_index=True)

@@ -117,9 +117,11 @@ def e2_figure(table: pd.DataFrame):
         drawn[data, norm] = mean  # naive = global
         style = dict(linestyle="none", marker="x", markersize=8) if twin else \
             dict(linestyle="-" if data == "mixed lengths" else ":", marker="o")
-        zero = (mean <= 0).any()  # bit-identical to the (16, 1) run: no point on a log axis, so drawn at 1e-17
-        label = name + (f" (= {twin}, on top)" if twin else "") + (" (0 drawn at 1e-17)" if zero else "")
+        label = name + (f" (= {twin}, on top)" if twin else "")
         ax.plot(mean.index, mean.clip(lower=1e-17), color=color, label=label, **style)
+    if (dist.value <= 0).any():  # bit-identical to the (16, 1) run: no such point on a log axis
+        ax.annotate("0 (bit-identical) drawn at 1e-17", (0.5, 1e-17), xycoords=("axes fraction", "data"),
+                    xytext=(0, 6), textcoords="offset points", ha="center", va="bottom", fontsize=7)
     _powers_of_two(ax, sorted(dist.grad_accum.unique()))
     readable_log_scale(ax)
     ax.set_xlabel("gradient-accumulation steps (micro-batch = 16 / ga)")
