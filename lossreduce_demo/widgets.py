@@ -231,28 +231,27 @@ def _freeze_live_objects() -> None:
     dropped since is freed now). Each redraw leaves the figures it replaced as reference cycles. Only a full
     collection frees them; over a whole kernel heap one takes 0.1–0.3 s and came in the middle of one redraw
     in six. Collected after each redraw, with the live objects frozen, they take ~15 ms (bench/widget_latency.py)."""
-    if _freeze_group is not None:  # apps made together: the first one's freeze serves them all
-        if _freeze_group:
-            return
-        _freeze_group.append(True)
+    if _freeze_shared:  # apps made together (a Dashboard's): frozen once, before the first
+        return
     gc.unfreeze()
     gc.collect()
     gc.freeze()
 
 
-_freeze_group: list | None = None  # inside _one_freeze_for_all: whether its first app has frozen yet
+_freeze_shared = False  # True inside _one_freeze_for_all
 
 
 @contextlib.contextmanager
 def _one_freeze_for_all():
-    """Apps made inside (a Dashboard's) share the first one's collection and freeze: 0.24 s each, measured."""
-    global _freeze_group
-    outer = _freeze_group
-    _freeze_group = [] if outer is None else outer
+    """Apps made inside (a Dashboard's) share one collection and freeze, made here: 0.24 s each, measured."""
+    global _freeze_shared
+    if _frontend():
+        _freeze_live_objects()
+    outer, _freeze_shared = _freeze_shared, True
     try:
         yield
     finally:
-        _freeze_group = outer
+        _freeze_shared = outer
 
 
 def _escape(text) -> str:

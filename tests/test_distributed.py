@@ -203,7 +203,8 @@ def _start_dp_check(tmp_path):
 ])
 def test_dp_check_stops_its_ranks_and_removes_its_files_on_sigterm_and_ctrl_c(tmp_path, how, status, said):
     """The ranks are paused (SIGSTOP) once up, so the signal always lands mid-run; the ranks ignore the Ctrl-C
-    (when resumed before the parent acts) and the parent kills them. Local ranks listen on the loopback interface only, the parent not at all."""
+    (when resumed before the parent acts) and the parent kills them. Local ranks listen on the loopback interface
+    only, the parent not at all."""
     import signal
 
     psutil = pytest.importorskip("psutil")

@@ -127,7 +127,8 @@ class ReadableLogLocator(Locator):
         for subs in ((1,), (1, 2, 5)):
             if len(ticks := in_view(subs)) >= 3:
                 return ticks[:: max(1, math.ceil(len(ticks) / self.MAX_TICKS))]
-        gap = math.log10(vmax / vmin) / 10  # 1-2-5 first, then any of 1…9 that does not crowd them (0.9 beside 1)
+        ticks = in_view((1, 2, 5))  # then any of 1…9 that does not crowd them (0.9 beside 1)
+        gap = math.log10(vmax / vmin) / 10
         for tick in in_view(range(1, 10)):
             if all(abs(math.log10(tick / kept)) >= gap for kept in ticks):
                 ticks.append(tick)

@@ -96,6 +96,12 @@ def p_long_figure(table: pd.DataFrame, title: str = 'Learned P("L") at the branc
     return fig
 
 
+def _drawn_before(curve, drawn: dict):
+    """The name of the curve in {name: curve} that `curve` would hide (same points to 0.1 %), or None."""
+    return next((name for name, other in drawn.items() if other.shape == curve.shape
+                 and np.allclose(other.to_numpy(), curve.to_numpy(), rtol=1e-3, atol=0, equal_nan=True)), None)
+
+
 def _wrap(label, width: int = 18) -> str:
     """A tick label on lines of ≤ `width` characters, "(…)" on its own line."""
     return "\n".join(textwrap.fill(part, width) for part in str(label).replace(" (", "\n(").split("\n"))
@@ -108,17 +114,16 @@ def e2_figure(table: pd.DataFrame):
     ax, bx = axes[0, 0], axes[0, 1]
     dist = table[(table.metric == "rel_weight_distance") & (table.grad_accum > 1)]
     styles = {"local": ("naive (local)", "#D55E00"), "global": ("global", "#0072B2")}
-    drawn: dict[tuple, pd.Series] = {}
+    drawn: dict[str, dict] = {}  # per data set: {normalization label: curve} (equal lengths: naive = global)
     for (data, norm), sel in dist.groupby(["format", "normalization"]):
         mean = sel.groupby("grad_accum").value.mean()
-        name, color = f"{styles[norm][0]}, {data}", styles[norm][1]
-        twin = next((styles[other[1]][0] for other, curve in drawn.items() if other[0] == data  # equal lengths:
-                     and curve.index.equals(mean.index) and np.allclose(curve, mean, rtol=1e-3, atol=0)), None)
-        drawn[data, norm] = mean  # naive = global
+        (label, color), same = styles[norm], drawn.setdefault(data, {})
+        twin = _drawn_before(mean, same)
+        same[label] = mean
         style = dict(linestyle="none", marker="x", markersize=8) if twin else \
             dict(linestyle="-" if data == "mixed lengths" else ":", marker="o")
-        label = name + (f" (= {twin}, on top)" if twin else "")
-        ax.plot(mean.index, mean.clip(lower=1e-17), color=color, label=label, **style)
+        ax.plot(mean.index, mean.clip(lower=1e-17), color=color,
+                label=f"{label}, {data}" + (f" (= {twin}, on top)" if twin else ""), **style)
     if (dist.value <= 0).any():  # bit-identical to the (16, 1) run: no such point on a log axis
         ax.annotate("0 (bit-identical) drawn at 1e-17", (0.5, 1e-17), xycoords=("axes fraction", "data"),
                     xytext=(0, 6), textcoords="offset points", ha="center", va="bottom", fontsize=7)
@@ -227,8 +232,7 @@ def loss_by_length_figure(history: pd.DataFrame, title: str = "Held-out loss by 
         color = color if color not in used else next((c for c in PALETTE if c not in used), color)
         used.append(color)
         curves = sel.pivot_table(index="step", columns="bucket", values="value").reindex(columns=buckets)
-        twin = next((name for name, other in drawn.items() if other.shape == curves.shape
-                     and np.allclose(other.to_numpy(), curves.to_numpy(), rtol=1e-3, equal_nan=True)), None)
+        twin = _drawn_before(curves, drawn)
         drawn[run] = curves
         for i, bucket in enumerate(buckets):
             style = dict(linestyle="none", marker="ox+"[i % 3], markersize=5, markerfacecolor="none") if twin else \
