@@ -202,10 +202,10 @@ def figure_makers(run: BranchRun) -> dict:
     title = (f'Learned P("L"): replies {s.short_len}/{s.long_len} tokens, f = {run.long_fraction:.2f}\n'
              f'{s.context_turns} {"turn" if s.context_turns == 1 else "turns"} before, {s.layout}, '
              f'K = {s.grad_accum} {s.normalization}')
-    return {"p_long": lambda: plots.p_long_figure(table, title),
-            "loss_by_length": lambda: plots.loss_by_length_figure(run.result.history)}
+    return {"p_long": lambda _: plots.p_long_figure(table, title),
+            "loss_by_length": lambda _: plots.loss_by_length_figure(run.result.history)}
 
 
 def figures(run: BranchRun) -> dict:
     """{name: Figure}: figure_makers' figures, made."""
-    return {name: make_figure() for name, make_figure in figure_makers(run).items()}
+    return {name: make_figure(None) for name, make_figure in figure_makers(run).items()}

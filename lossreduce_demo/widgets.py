@@ -152,7 +152,8 @@ class _App(abc.ABC):
 
     @abc.abstractmethod
     def _compute(self, notes: list[str]) -> tuple[dict, dict]:
-        """(state, figures): the numbers, and {name: a function making that Figure}."""
+        """(state, figures): the numbers, and {name: a function of the figure it replaces (None if none, see
+        _draw) making that Figure}."""
 
     def update(self) -> dict:
         notes: list[str] = []
@@ -188,11 +189,13 @@ class _App(abc.ABC):
 
     def _draw(self, figures: dict) -> None:
         """Make each figure of {name: function making it} and show it at once as PNG in the app's Image widget of
-        that name (its new bytes sent in place, binary): the browser shows the first while the next is drawn."""
+        that name (its new bytes sent in place, binary): the browser shows the first while the next is drawn.
+        In a kernel the function gets the figure of that name shown before, to redraw in place if it can (see
+        plots.made_by); else (and outside a kernel: tests keep every figure) None."""
         frontend = _frontend()  # none in plain Python and tests: the figures are only kept
-        self.figures, shown = {}, []
+        before, self.figures, shown = self.figures, {}, []
         for name, make_figure in figures.items():
-            fig = self.figures[name] = make_figure()
+            fig = self.figures[name] = make_figure(before.get(name) if frontend else None)
             if not frontend:
                 continue
             self.layouts.reuse(name, fig)
@@ -206,7 +209,8 @@ class _App(abc.ABC):
         if frontend:
             if tuple(shown) != self.figure_area.children:
                 self.figure_area.children = tuple(shown)
-            gc.collect()  # the figures replaced are reference cycles: freed now, with the new images on their way
+            del before  # the figures replaced (those not redrawn in place) are reference cycles: freed now,
+            gc.collect()  # with the new images on their way
 
     def _progress(self, text: str) -> None:
         """A status line while a training app works."""
@@ -290,7 +294,8 @@ class FormatsExplorer(_App):
         padding = ", ".join(f"{row.layout} {row.padding_fraction:.0%}" for row in waste.itertuples())
         state = {"waste": waste, "split_over_multiturn_tokens": float(ratio), "mean_turns": float(turns),
                  "headline": f"format A computes {ratio:.2f}× the tokens of format B · padding: {padding}"}
-        return state, {"layouts": lambda: plots.layout_diagrams(batches), "waste": lambda: plots.waste_bars(batches)}
+        return state, {"layouts": lambda _: plots.layout_diagrams(batches),
+                       "waste": lambda _: plots.waste_bars(batches)}
 
 
 # ---------------------------------------------------------------- 02: weights
@@ -372,10 +377,10 @@ class WeightExplorer(_App):
                                  f"samples gets {state['share_longer_half']:.0%} of the step "
                                  f"({state['tokens_longer_half']:.0%} of the loss tokens)")
         return state, {
-            "heatmap": lambda: plots.weight_heatmap(batch, weights,
-                                                    title=f"{scheme.label}: weight per token vs token-mean"),
-            "length": lambda: plots.weight_vs_length({scheme.label: profile, "token-mean": ref_profile}),
-            "buckets": lambda: plots.share_by_bucket(buckets),
+            "heatmap": lambda fig: plots.weight_heatmap(
+                batch, weights, title=f"{scheme.label}: weight per token vs token-mean", fig=fig),
+            "length": lambda fig: plots.weight_vs_length({scheme.label: profile, "token-mean": ref_profile}, fig=fig),
+            "buckets": lambda fig: plots.share_by_bucket(buckets, fig=fig),
         }
 
 
@@ -439,7 +444,7 @@ class AccumulationExplorer(_App):
         title = (f"{scheme.label}, {norm} normalisation, R={R}, K={K}: max relative error "
                  f"{error:.1%}" + (" (exact)" if error < 1e-9 else ""))
         order = "rows sorted by length, shortest first" if self.sort_by_length.value else "rows in data order"
-        return state, {"weights": lambda: plots.effective_vs_ideal(batch, effective, ideal, rank=rank, step=step,
+        return state, {"weights": lambda _: plots.effective_vs_ideal(batch, effective, ideal, rank=rank, step=step,
                                                                    title=title, row_order=order)}
 
 
@@ -507,7 +512,7 @@ class DeltaLExplorer(_App):
         notes.append(f"ΔL a={a:g}: step variance {state['variance_vs_a0']:.2f}× that of a=0; noise-to-signal "
                      f"{state['noise_to_signal_per_sequence']:.2f}× token-mean's for one signal per sequence, "
                      f"{state['noise_to_signal_per_token']:.2f}× for a signal per token.")
-        return state, {"delta_l": lambda: plots.beyond.delta_l_figure(profile, curves, a)}
+        return state, {"delta_l": lambda _: plots.beyond.delta_l_figure(profile, curves, a)}
 
 
 class RatioTrainingApp(_App):
@@ -541,7 +546,7 @@ class RatioTrainingApp(_App):
         notes.append("done: zero-gradient tokens " + ", ".join(f"{r} {v:.1%}" for r, v in zero.items())
                      + " — click again to re-run")
         return dict(by_length=by_length, zero_gradient_fraction=zero), {
-            "e10": lambda: plots.beyond.e10_figure(by_length)}
+            "e10": lambda _: plots.beyond.e10_figure(by_length)}
 
 
 class Dashboard:
@@ -650,7 +655,7 @@ class FrameworkExplorer(_App):
                                f"{_escape(rec.scheme.label)} × {rec.normalization}, weight of a token "
                                f"<b>{_escape(formula)}</b>; max error vs the full batch: <b>{verdict}</b>")
         title = f"{name}: {spell(options)}\nR={R}, K={K}: max relative error vs the full batch {verdict}"
-        return state, {"weights": lambda: plots.effective_vs_ideal(batch, effective, ideal, rank=rank, step=step,
+        return state, {"weights": lambda _: plots.effective_vs_ideal(batch, effective, ideal, rank=rank, step=step,
                                                                    title=title)}
 
 
@@ -805,11 +810,11 @@ class RLTrainingApp(_App):
             def on_step(step, row, _policy, name=name, cfg=cfg):
                 rows.append(dict(algorithm=name, scheme=cfg.scheme, seed=self.seed, **row))
                 if step % self.redraw_every == 0 and self.draw_figures:
-                    self._draw({"ratio": lambda: rl_plots.ratio_curves(pd.DataFrame(rows))})
+                    self._draw({"ratio": lambda _: rl_plots.ratio_curves(pd.DataFrame(rows))})
 
             rl.train_policy(self.task, cfg, self.seed, self._start, callback=on_step, progress=False)
         notes.append("done: click again to re-run from the same warm start")
         curves = pd.DataFrame(rows)
         headline = "π(long wrong) / π(short wrong) " + rl_plots.matched_reward_title(curves)
-        return {"curves": curves, "headline": headline}, {"ratio": lambda: rl_plots.ratio_curves(curves)}
+        return {"curves": curves, "headline": headline}, {"ratio": lambda _: rl_plots.ratio_curves(curves)}
 

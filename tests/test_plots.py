@@ -10,6 +10,7 @@ including the awkward ones (a ratio staying within 0.93–1.14 on a log axis, ex
 from __future__ import annotations
 
 import inspect
+import io
 import re
 
 import matplotlib.pyplot as plt
@@ -18,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 from figure_checks import assert_readable, figure_problems, figure_text
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
@@ -252,8 +253,10 @@ CASES = {
     "beyond.delta_l_figure": (lambda: beyond_plots.delta_l_figure(_e8_profile(), _delta_l_curves(), 1.0),
                               r"0\.65"),
 }
-HELPERS = {"relative_weights", "new_figure", "png_bytes", "without_layout_engine", "InViewLocator", "fixed_margins", "legend_width", "tick_labels", "y_label_room", "show",
-           "scheme_color", "readable_log_scale", "draw_gradient_errors", "draw_weight_distance", "draw_metric", "matched_reward_ratios", "matched_reward_title"}
+HELPERS = {"relative_weights", "new_figure", "png_bytes", "png_of_rgba", "made_by", "redraws", "refit_view",
+           "without_layout_engine", "InViewLocator", "fixed_margins", "legend_width", "tick_labels",
+           "y_label_room", "show", "scheme_color", "readable_log_scale", "draw_gradient_errors",
+           "draw_weight_distance", "draw_metric", "matched_reward_ratios", "matched_reward_title"}
 
 
 def test_p_long_numbers_sit_beside_what_they_label_when_measured_and_predicted_are_far_apart():
@@ -448,11 +451,10 @@ def test_house_figures_make_ticks_only_inside_the_view():
     assert any(not lo <= t.get_loc() <= hi for t in ax.yaxis.get_major_ticks())  # the control: one beyond the view
 
 
-def test_notebooks_show_figures_as_png_drawn_with_the_inline_settings():
-    """In IPython a Figure displays as PNG made with plots.INLINE_PNG (one draw pass, fast compression), the PNG
-    plots.png_bytes makes for the apps' Image widgets."""
+def test_notebooks_show_figures_as_the_png_the_widgets_show():
+    """In IPython a Figure displays as plots.png_bytes' PNG, the one the apps' Image widgets show, and that PNG
+    has the pixels of matplotlib's own PNG of the figure."""
     import base64
-    import io
 
     from IPython.core.interactiveshell import InteractiveShell
 
@@ -463,10 +465,28 @@ def test_notebooks_show_figures_as_png_drawn_with_the_inline_settings():
         ax.plot([0, 1], [0, 1])
         shown = shell.display_formatter.format(fig)[0]["image/png"]
         shown = base64.b64decode(shown) if isinstance(shown, str) else shown  # IPython ≥ 9 hands out base64
-        expected, slow = io.BytesIO(), io.BytesIO()
-        fig.savefig(expected, format="png", **plots.INLINE_PNG)
-        fig.savefig(slow, format="png", bbox_inches=None)  # zlib's default level: other bytes (the control)
-        assert shown == expected.getvalue() != slow.getvalue()
-        assert plots.png_bytes(fig) == shown  # what an app's Image widget shows: the same PNG
+        assert shown == plots.png_bytes(fig)
+        own = io.BytesIO()
+        fig.savefig(own, format="png", bbox_inches=None)
+        assert np.array_equal(decoded(shown), decoded(own.getvalue()))
+        ax.plot([0, 1], [1, 0])  # the control: another picture, other pixels
+        assert not np.array_equal(decoded(plots.png_bytes(fig)), decoded(shown))
     finally:
         InteractiveShell.clear_instance()
+
+
+def decoded(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("RGBA"))
+
+
+@settings(max_examples=40)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**32 - 1))
+def test_png_of_rgba_decodes_to_its_pixels(height, width, seed):
+    """The widgets' fast PNG encoder (no row filters) is lossless: Pillow reads back every pixel, alpha included."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 4), dtype=np.uint8)
+    pixels[: height // 2] = pixels[0, 0]  # flat areas too, as in a plot
+    assert np.array_equal(decoded(plots.png_of_rgba(pixels)), pixels)

@@ -577,6 +577,8 @@ def test_a_redraw_frees_the_figures_it_replaced_and_apps_freeze_what_lives_befor
         del dropped
         old = weakref.ref(app.figures["length"])
         app.long_fraction.value = 0.5
+        assert app.figures["length"] is old()  # the same schemes: redrawn in place
+        app.scheme.value = "token-mean"  # one scheme drawn instead of two: a new figure
         assert old() is None, "the replaced figure outlived the redraw"
         assert frozen_cycle() is not None  # frozen: no collection sees it...
         widgets.WeightExplorer()
@@ -604,3 +606,51 @@ def test_the_dashboards_two_apps_share_one_freeze(monkeypatch):
         assert len(freezes) == 3
     finally:
         InteractiveShell.clear_instance()
+
+
+WALK = [("scheme", "seq-mean-token-sum"), ("long_fraction", 0.5), ("turns", 2), ("layout", "split"),
+        ("layout", "packed"), ("scheme", "turn-mean"), ("family", "fixed"), ("short_mean", 12),
+        ("scheme", "length-power"), ("alpha", 1.7), ("scheme", "seq-mean-token-sum-norm"), ("l_max", 100),
+        ("family", "lognormal"), ("layout", "multiturn"), ("long_fraction", 0.0), ("scheme", "token-mean"),
+        ("scheme", "seq-mean-token-mean")]  # every control of the weight explorer, and back to one scheme and two
+
+
+def redraw_walk(monkeypatch) -> tuple[set, list]:
+    """The weight explorer in a kernel walks WALK; after each step every figure's PNG is compared with a new
+    figure's of the same setting. (names of the figures redrawn in place at least once, [(step, name) that differ])"""
+    from test_plots import decoded
+
+    from lossreduce_demo import plots
+
+    monkeypatch.setattr(widgets, "_frontend", lambda: True)
+    monkeypatch.setattr(widgets, "_freeze_live_objects", lambda: None)
+    app = widgets.WeightExplorer(n_conversations=8)
+    in_place, differ = set(), []
+    for step, (control, value) in enumerate(WALK):
+        before = dict(app.figures)
+        with monkeypatch.context() as kernel_less:  # the same setting drawn on new figures
+            kernel_less.setattr(widgets, "_frontend", lambda: False)
+            fresh = widgets.WeightExplorer(n_conversations=8, **{c: v for c, v in WALK[:step + 1]})
+        app.set(**{control: value})
+        in_place |= {name for name, fig in app.figures.items() if before.get(name) is fig}
+        differ += [(step, name) for name, fig in fresh.figures.items()
+                   if not np.array_equal(decoded(app.images[name].value), decoded(plots.png_bytes(fig)))]
+    return in_place, differ
+
+
+def test_a_redraw_in_place_shows_what_a_new_figure_shows(monkeypatch):
+    """The weight explorer's three figures are redrawn in place (new data in the old artists: about half the
+    cost of a redraw); pixel for pixel they are what new figures of the same setting show, at every step."""
+    in_place, differ = redraw_walk(monkeypatch)
+    assert in_place == {"heatmap", "length", "buckets"}
+    assert not differ
+
+
+def test_a_redraw_in_place_that_kept_the_old_view_would_be_seen(monkeypatch):
+    """The control: with the limits not refitted to the new data, the walk finds figures that differ."""
+    from lossreduce_demo import plots
+
+    monkeypatch.setattr(plots, "refit_view", lambda ax: None)
+    monkeypatch.setattr(plots.weights, "refit_view", lambda ax: None)
+    _, differ = redraw_walk(monkeypatch)
+    assert {name for _, name in differ} >= {"length", "buckets"}

@@ -26,8 +26,11 @@ from . import (
     InViewLocator,
     fixed_margins,
     legend_width,
+    made_by,
     new_figure,
     readable_log_scale,
+    redraws,
+    refit_view,
     scheme_color,
     y_label_room,
 )
@@ -216,7 +219,12 @@ def _colorbar(fig, image, label, **kw) -> None:
     """Colour bar with plain tick labels at powers of two."""
     bar = fig.colorbar(image, label=label, **kw)
     bar.ax.set_label("<colorbar>")
-    ticks, labels = _colorbar_ticks(image.norm)
+    bar.ax.weight_colorbar = bar  # for a redraw in place (weight_heatmap)
+    _colorbar_ticks_on(bar)
+
+
+def _colorbar_ticks_on(bar) -> None:
+    ticks, labels = _colorbar_ticks(bar.mappable.norm)
     bar.set_ticks(ticks, labels=labels)
     bar.minorticks_off()
 
@@ -226,44 +234,72 @@ def _heat(ax, batch: Batch, rel: np.ndarray, norm) -> ScalarMappable:
     colour scale for a colour bar."""
     ax.grid(False)
     scale = ScalarMappable(norm=norm, cmap=colormaps[_WEIGHT_CMAP])
+    ax.imshow(_heat_rgb(batch, rel, scale), aspect="auto", interpolation="nearest", extent=_heat_extent(rel))
+    return scale
+
+
+def _heat_extent(rel: np.ndarray) -> tuple:
+    return -0.5, rel.shape[1] - 0.5, rel.shape[0] - 0.5, -0.5
+
+
+def _heat_rgb(batch: Batch, rel: np.ndarray, scale: ScalarMappable) -> np.ndarray:
     real, weighted = (batch.segment_id >= 0).numpy(), np.isfinite(rel)
     rgb = np.where(real[..., None], 0.88, 1.0) * np.ones(3)
     rgb[weighted] = scale.to_rgba(rel[weighted])[:, :3]
-    ax.imshow(rgb, aspect="auto", interpolation="nearest", extent=(-0.5, rel.shape[1] - 0.5, rel.shape[0] - 0.5, -0.5))
-    return scale
+    return rgb
 
 
 _HEATMAP_MARGINS = {"top": 0.3, "bottom": 0.5, "bar_gap": 0.25, "bar": 0.15}  # inches
 
 
-def weight_heatmap(batch: Batch, weights, *, title: str | None = None, ax=None, norm=None, colorbar=True):
-    """Per-token weights of one scheme on a batch (rows × positions), relative to token-mean, log colour."""
+def weight_heatmap(batch: Batch, weights, *, title: str | None = None, ax=None, norm=None, colorbar=True,
+                   fig=None):
+    """Per-token weights of one scheme on a batch (rows × positions), relative to token-mean, log colour.
+    `fig`: an earlier figure of this plot (made without `ax`) to redraw in place."""
     rel = relative_weights(batch, weights)
     norm = norm or _heat_norm([rel])
-    own_figure = ax is None
-    if own_figure:
-        width, height = 7.5, max(2.8, 1.2 + 0.16 * rel.shape[0])
+    if ax is not None:  # a panel of the caller's figure
+        image = _heat(ax, batch, rel, norm)
+        _heat_labels(ax, title)
+        if colorbar:
+            _colorbar(ax.figure, image, "weight ÷ token-mean's (log)", ax=ax)
+        return ax.figure
+    width, height = 7.5, max(2.8, 1.2 + 0.16 * rel.shape[0])
+    if redraws(fig, "weight_heatmap", (rel.shape[0], colorbar)):  # as many rows (the height): a new image there
+        ax = fig.axes[0]
+        scale = ScalarMappable(norm=norm, cmap=colormaps[_WEIGHT_CMAP])
+        ax.images[0].set_data(_heat_rgb(batch, rel, scale))
+        ax.images[0].set_extent(_heat_extent(rel))  # and the view, as imshow sets it
+        ax.set_title(title or "", fontsize=10)
+    else:
         fig, ax = new_figure(width=width, height=height)
-    image = _heat(ax, batch, rel, norm)
+        made_by(fig, "weight_heatmap", (rel.shape[0], colorbar))
+        scale = _heat(ax, batch, rel, norm)
+        _heat_labels(ax, title)
+        ax.xaxis.set_major_locator(InViewLocator(nbins=5))  # five or so ticks a side: every tick is several
+        ax.yaxis.set_major_locator(InViewLocator(nbins=5, integer=True))  # artists to make and draw per change
+    m = _HEATMAP_MARGINS  # fixed margins (its height follows the rows: no layout per row count), the bar's room
+    bar_labels = max(map(len, _colorbar_ticks(norm)[1]), default=1)
+    right = m["bar_gap"] + m["bar"] + 0.5 + TICK_LABEL_CHAR * bar_labels if colorbar else 0.2
+    fixed_margins(fig, left=y_label_room(ax), right=right, top=m["top"], bottom=m["bottom"])
+    if colorbar:
+        box = ax.get_position()
+        bar_box = (box.x1 + m["bar_gap"] / width, box.y0, m["bar"] / width, box.height)
+        if len(fig.axes) == 1:
+            _colorbar(fig, scale, "weight ÷ token-mean's (log)", cax=fig.add_axes(bar_box))
+        else:  # the colour bar drawn before: its scale, ticks and place follow the new norm
+            bar = fig.axes[1].weight_colorbar
+            bar.mappable.set_norm(norm)
+            _colorbar_ticks_on(bar)
+            bar.ax.set_position(bar_box)
+    return fig
+
+
+def _heat_labels(ax, title: str | None) -> None:
     ax.set_xlabel("position in the row (tokens)")
     ax.set_ylabel("row")
     if title:
         ax.set_title(title, fontsize=10)
-    if own_figure:  # five or so ticks a side: every tick is several artists to make and draw on each change
-        ax.xaxis.set_major_locator(InViewLocator(nbins=5))
-        ax.yaxis.set_major_locator(InViewLocator(nbins=5, integer=True))
-    if own_figure:  # fixed margins (its height follows the rows: no layout per row count), the colour bar's room
-        m = _HEATMAP_MARGINS
-        bar_labels = max(map(len, _colorbar_ticks(norm)[1]), default=1)
-        right = m["bar_gap"] + m["bar"] + 0.5 + TICK_LABEL_CHAR * bar_labels if colorbar else 0.2
-        fixed_margins(fig, left=y_label_room(ax), right=right, top=m["top"], bottom=m["bottom"])
-    if colorbar and own_figure:
-        box = ax.get_position()
-        bar_axes = fig.add_axes((box.x1 + m["bar_gap"] / width, box.y0, m["bar"] / width, box.height))
-        _colorbar(fig, image, "weight ÷ token-mean's (log)", cax=bar_axes)
-    elif colorbar:
-        _colorbar(ax.figure, image, "weight ÷ token-mean's (log)", ax=ax)
-    return ax.figure
 
 
 def weight_heatmap_grid(batch: Batch, weights_by_scheme: Mapping[str, object], *, ncols: int = 2):
@@ -289,52 +325,74 @@ def weight_heatmap_grid(batch: Batch, weights_by_scheme: Mapping[str, object], *
     return fig
 
 
-def weight_vs_length(profiles: Mapping[str, object], *, unit: str = "sample"):
+def weight_vs_length(profiles: Mapping[str, object], *, unit: str = "sample", fig=None):
     """Weight per token against response length, one colour per scheme, log y. Left: absolute weight (what the
     loss scale becomes); right: relative to token-mean (where the step goes). `profiles` maps a scheme name to
-    report.length_profile(...) or to (batch, weights)."""
+    report.length_profile(...) or to (batch, weights). `fig`: an earlier figure of this plot to redraw in place."""
     frames = {k: (v if hasattr(v, "columns") else length_profile(*v, by=unit)) for k, v in profiles.items()}
     means = {name: df.groupby("length", as_index=False)[["weight_per_token", "relative"]].mean()
              for name, df in frames.items()}
     labels = [f"{name}: shortest ÷ longest {mean.relative.iloc[0] / mean.relative.iloc[-1]:.3g}×"  # the headline
               for name, mean in means.items()]
-    fig, axes = new_figure(1, 2, width=10.0, height=3.6)
+    columns = ("weight_per_token", "relative")
     markers = "os^Dv<>P"
-    for i, ((name, mean), label) in enumerate(zip(means.items(), labels)):
-        style = dict(color=scheme_color(name), marker=markers[i % len(markers)], markersize=4, label=label)
-        for ax, column in zip(axes[0], ("weight_per_token", "relative")):
-            ax.plot(mean.length, mean[column].clip(lower=1e-12), linestyle="-" if i < 4 else "--", **style)
-    for ax, ylabel in zip(axes[0], ("weight per token (loss = Σ w·l)", "weight per token ÷ token-mean's")):
-        readable_log_scale(ax)
-        ax.yaxis.set_minor_locator(NullLocator())  # the labelled 1-2-5 ticks are enough: fewer artists per redraw
-        ax.xaxis.set_major_locator(InViewLocator(nbins=5, integer=True))
-        ax.set_xlabel(f"{unit} length (loss tokens)")
-        ax.set_ylabel(ylabel)
-    axes[0, 0].set_title("absolute: the loss scale")
-    axes[0, 1].set_title("relative: where the step goes")
+    if redraws(fig, "weight_vs_length", (unit, len(means))):  # as many schemes: new data in the same lines
+        axes = np.array([fig.axes])
+        for ax, column in zip(axes[0], columns):
+            for line, (name, mean), label in zip(ax.lines, means.items(), labels):
+                line.set_data(mean.length, mean[column].clip(lower=1e-12))
+                line.set(color=scheme_color(name), label=label)
+            refit_view(ax)
+    else:
+        fig, axes = new_figure(1, 2, width=10.0, height=3.6)
+        made_by(fig, "weight_vs_length", (unit, len(means)))
+        for i, ((name, mean), label) in enumerate(zip(means.items(), labels)):
+            style = dict(color=scheme_color(name), marker=markers[i % len(markers)], markersize=4, label=label)
+            for ax, column in zip(axes[0], columns):
+                ax.plot(mean.length, mean[column].clip(lower=1e-12), linestyle="-" if i < 4 else "--", **style)
+        for ax, ylabel in zip(axes[0], ("weight per token (loss = Σ w·l)", "weight per token ÷ token-mean's")):
+            readable_log_scale(ax)
+            ax.yaxis.set_minor_locator(NullLocator())  # the labelled 1-2-5 ticks are enough: fewer artists to draw
+            ax.xaxis.set_major_locator(InViewLocator(nbins=5, integer=True))
+            ax.set_xlabel(f"{unit} length (loss tokens)")
+            ax.set_ylabel(ylabel)
+        axes[0, 0].set_title("absolute: the loss scale")
+        axes[0, 1].set_title("relative: where the step goes")
     axes[0, 1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fixed_margins(fig, left=y_label_room(axes[0, 0]), right=legend_width(labels, 7), top=0.3, bottom=0.55,
                   wspace=y_label_room(axes[0, 1]) + 0.1)  # room for labels, the legend: no layout pass
     return fig
 
 
-def share_by_bucket(shares: Mapping[str, object], *, unit: str = "sample"):
+def share_by_bucket(shares: Mapping[str, object], *, unit: str = "sample", fig=None):
     """Share of the step's weight by response-length bucket, one bar per scheme, next to the bucket's share of
-    loss tokens (black outline = what token-mean gives). `shares` maps a scheme to report.bucket_shares(...)."""
+    loss tokens (black outline = what token-mean gives). `shares` maps a scheme to report.bucket_shares(...).
+    `fig`: an earlier figure of this plot to redraw in place."""
     names = list(shares)
     first = shares[names[0]]
     x = np.arange(len(first))
-    width = 0.8 / len(names)
-    fig, ax = new_figure(width=7.5, height=3.4)
+    heights = [100 * shares[name].share for name in names] + [100 * first.token_share]
+    tick_labels = [f"{b}\n({n} {unit}s)" for b, n in zip(first.bucket.astype(str), first.units)]
+    if redraws(fig, "share_by_bucket", (unit, len(first), len(names))):  # as many schemes and buckets
+        ax = fig.axes[0]
+        for bars, values, name in zip(ax.containers, heights, names + [None]):  # the outline last, kept black
+            bars.set_label(name or "share of loss tokens")
+            for bar, value in zip(bars, values):
+                bar.set(height=value, **({"facecolor": scheme_color(name)} if name else {}))
+        ax.set_xticks(x, tick_labels)
+        refit_view(ax)
+    else:
+        width = 0.8 / len(names)
+        fig, ax = new_figure(width=7.5, height=3.4)
+        made_by(fig, "share_by_bucket", (unit, len(first), len(names)))
+        for i, name in enumerate(names):
+            ax.bar(x - 0.4 + width * (i + 0.5), heights[i], width, color=scheme_color(name), label=name)
+        ax.bar(x, heights[-1], 0.84, fill=False, edgecolor="black", linewidth=1.2, label="share of loss tokens")
+        ax.set_xticks(x, tick_labels)
+        ax.set_xlabel("response length bucket (loss tokens)")
+        ax.set_ylabel("share of the step's weight (%)")
+        ax.yaxis.set_major_locator(InViewLocator(nbins=4))  # 0, 20, 40, 60: fewer ticks to make and draw
     fixed_margins(fig, left=0.75, right=legend_width(names + ["share of loss tokens"], 7), top=0.15, bottom=0.7)
-    for i, name in enumerate(names):
-        ax.bar(x - 0.4 + width * (i + 0.5), 100 * shares[name].share, width, color=scheme_color(name), label=name)
-    ax.bar(x, 100 * first.token_share, 0.84, fill=False, edgecolor="black", linewidth=1.2,
-           label="share of loss tokens")
-    ax.set_xticks(x, [f"{b}\n({n} {unit}s)" for b, n in zip(first.bucket.astype(str), first.units)])
-    ax.set_xlabel("response length bucket (loss tokens)")
-    ax.set_ylabel("share of the step's weight (%)")
-    ax.yaxis.set_major_locator(InViewLocator(nbins=4))  # 0, 20, 40, 60: fewer ticks to make and draw per redraw
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 
