@@ -294,8 +294,8 @@ class FormatsExplorer(_App):
         padding = ", ".join(f"{row.layout} {row.padding_fraction:.0%}" for row in waste.itertuples())
         state = {"waste": waste, "split_over_multiturn_tokens": float(ratio), "mean_turns": float(turns),
                  "headline": f"format A computes {ratio:.2f}× the tokens of format B · padding: {padding}"}
-        return state, {"layouts": lambda _: plots.layout_diagrams(batches),
-                       "waste": lambda _: plots.waste_bars(batches)}
+        return state, {"layouts": lambda fig: plots.layout_diagrams(batches, fig=fig),
+                       "waste": lambda fig: plots.waste_bars(batches, fig=fig)}
 
 
 # ---------------------------------------------------------------- 02: weights

@@ -608,15 +608,23 @@ def test_the_dashboards_two_apps_share_one_freeze(monkeypatch):
         InteractiveShell.clear_instance()
 
 
-WALK = [("scheme", "seq-mean-token-sum"), ("long_fraction", 0.5), ("turns", 2), ("layout", "split"),
+
+WALKS = {  # every control of an explorer whose figures redraw in place, and back to a first structure
+    widgets.WeightExplorer: [
+        ("scheme", "seq-mean-token-sum"), ("long_fraction", 0.5), ("turns", 2), ("layout", "split"),
         ("layout", "packed"), ("scheme", "turn-mean"), ("family", "fixed"), ("short_mean", 12),
         ("scheme", "length-power"), ("alpha", 1.7), ("scheme", "seq-mean-token-sum-norm"), ("l_max", 100),
         ("family", "lognormal"), ("layout", "multiturn"), ("long_fraction", 0.0), ("scheme", "token-mean"),
-        ("scheme", "seq-mean-token-mean")]  # every control of the weight explorer, and back to one scheme and two
+        ("scheme", "seq-mean-token-mean")],  # one scheme drawn, then two again
+    widgets.FormatsExplorer: [
+        ("short_mean", 6), ("short_mean", 8), ("long_mean", 40), ("long_fraction", 0.5), ("row_len", 160),
+        ("turns", 2), ("n_conversations", 6), ("family", "fixed"), ("short_mean", 10), ("family", "lognormal"),
+        ("short_mean", 12), ("row_len", 256)],
+}
 
 
-def redraw_walk(monkeypatch) -> tuple[set, list]:
-    """The weight explorer in a kernel walks WALK; after each step every figure's PNG is compared with a new
+def redraw_walk(monkeypatch, explorer) -> tuple[set, list]:
+    """The explorer, in a kernel, walks its WALKS; after each step every figure's PNG is compared with a new
     figure's of the same setting. (names of the figures redrawn in place at least once, [(step, name) that differ])"""
     from test_plots import decoded
 
@@ -624,13 +632,15 @@ def redraw_walk(monkeypatch) -> tuple[set, list]:
 
     monkeypatch.setattr(widgets, "_frontend", lambda: True)
     monkeypatch.setattr(widgets, "_freeze_live_objects", lambda: None)
-    app = widgets.WeightExplorer(n_conversations=8)
+    walk, size = WALKS[explorer], {widgets.WeightExplorer: 8, widgets.FormatsExplorer: 4}[explorer]
+    app = explorer(n_conversations=size)
     in_place, differ = set(), []
-    for step, (control, value) in enumerate(WALK):
+    for step, (control, value) in enumerate(walk):
         before = dict(app.figures)
         with monkeypatch.context() as kernel_less:  # the same setting drawn on new figures
             kernel_less.setattr(widgets, "_frontend", lambda: False)
-            fresh = widgets.WeightExplorer(n_conversations=8, **{c: v for c, v in WALK[:step + 1]})
+            fresh = explorer(n_conversations=size)
+            fresh.set(**{c: v for c, v in walk[:step + 1]})
         app.set(**{control: value})
         in_place |= {name for name, fig in app.figures.items() if before.get(name) is fig}
         differ += [(step, name) for name, fig in fresh.figures.items()
@@ -638,11 +648,12 @@ def redraw_walk(monkeypatch) -> tuple[set, list]:
     return in_place, differ
 
 
-def test_a_redraw_in_place_shows_what_a_new_figure_shows(monkeypatch):
-    """The weight explorer's three figures are redrawn in place (new data in the old artists: about half the
-    cost of a redraw); pixel for pixel they are what new figures of the same setting show, at every step."""
-    in_place, differ = redraw_walk(monkeypatch)
-    assert in_place == {"heatmap", "length", "buckets"}
+@pytest.mark.parametrize("explorer", list(WALKS), ids=lambda e: e.__name__)
+def test_a_redraw_in_place_shows_what_a_new_figure_shows(monkeypatch, explorer):
+    """The weight and formats explorers redraw their figures in place (new data in the old artists: about half
+    the cost of a redraw); pixel for pixel they are what new figures of the same setting show, at every step."""
+    in_place, differ = redraw_walk(monkeypatch, explorer)
+    assert in_place == set(explorer().figures)
     assert not differ
 
 
@@ -652,5 +663,5 @@ def test_a_redraw_in_place_that_kept_the_old_view_would_be_seen(monkeypatch):
 
     monkeypatch.setattr(plots, "refit_view", lambda ax: None)
     monkeypatch.setattr(plots.weights, "refit_view", lambda ax: None)
-    _, differ = redraw_walk(monkeypatch)
+    _, differ = redraw_walk(monkeypatch, widgets.WeightExplorer)
     assert {name for _, name in differ} >= {"length", "buckets"}

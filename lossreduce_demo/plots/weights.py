@@ -102,12 +102,31 @@ def layout_diagram(batch: Batch, *, ax=None, title: str | None = None, max_rows:
     """Rows of a laid-out batch as bars of tokens coloured by role (padding grey), loss tokens underlined in
     black, white lines between packed conversations: the format diagrams of docs/science.md §4 drawn from real tokens."""
     rows = batch.shape[0] if max_rows is None else min(max_rows, batch.shape[0])
-    role = batch.role[:rows].numpy()
-    T = role.shape[1]
     if ax is None:
         fig, ax = new_figure(width=8.0, height=1.0 + 0.28 * rows)
     ax.grid(False)
-    ax.imshow(_ROLE_RGB[role], aspect="auto", interpolation="nearest", extent=(-0.5, T - 0.5, rows - 0.5, -0.5))
+    _paint_rows(ax, batch, rows, title)
+    ax.set_xlabel("position in the row (tokens)")
+    ax.set_ylabel("row")
+    ax.yaxis.set_major_locator(FixedLocator(range(0, rows, -(-rows // 8))))  # whole rows only, ≤ 8 of them
+    if legend:
+        _role_legend(ax, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return ax.figure
+
+
+def _paint_rows(ax, batch: Batch, rows: int, title: str | None) -> None:
+    """A layout diagram's data: the tokens as one image, the loss marks and packed boundaries as one collection
+    each, the title. Painted again into the same axes for a redraw in place (layout_diagrams)."""
+    role = batch.role[:rows].numpy()
+    T = role.shape[1]
+    extent = (-0.5, T - 0.5, rows - 0.5, -0.5)
+    if ax.images:
+        ax.images[0].set_data(_ROLE_RGB[role])
+        ax.images[0].set_extent(extent)
+    else:
+        ax.imshow(_ROLE_RGB[role], aspect="auto", interpolation="nearest", extent=extent)
+    for collection in list(ax.collections):
+        collection.remove()
     _mark_loss(ax, batch.loss_mask[:rows].numpy())
     segment = batch.segment_id[:rows].numpy()
     rows_at, starts = np.nonzero((segment[:, 1:] != segment[:, :-1]) & (segment[:, 1:] > 0))
@@ -116,58 +135,74 @@ def layout_diagram(batch: Batch, *, ax=None, title: str | None = None, max_rows:
     waste = layout_waste(batch)
     ax.set_title(title or f"{batch.layout}: {waste['rows']} rows × {T} positions, "
                           f"{waste['padding_fraction']:.0%} padding", fontsize=10)
-    ax.set_xlabel("position in the row (tokens)")
-    ax.set_ylabel("row")
-    ax.yaxis.set_major_locator(FixedLocator(range(0, rows, -(-rows // 12))))  # whole rows only, ≤ 12 of them
-    if legend:
-        _role_legend(ax, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return ax.figure
 
 
 _DIAGRAM_MARGINS = {"left": 0.75, "right": 1.85, "top": 0.32, "bottom": 0.55, "gap": 0.42}  # inches: labels, legend
 
 
-def layout_diagrams(batches: Mapping[str, Batch], *, width: float = 9.0):
+def layout_diagrams(batches: Mapping[str, Batch], *, width: float = 9.0, fig=None):
     """The same conversations in several layouts, one panel each, on a common position axis. Laid out once with
     fixed margins in inches (room for the row labels, the titles, the legend on the right) instead of constrained
-    layout: the figure's height follows the rows, so a widget would otherwise lay out every new row count afresh."""
+    layout: the figure's height follows the rows, so a widget would otherwise lay out every new row count afresh.
+    `fig`: an earlier figure of this plot to redraw in place."""
     rows = [b.shape[0] for b in batches.values()]
-    height = 1.2 + 0.22 * sum(rows) + 0.5 * len(rows)
-    fig, axes = new_figure(len(batches), 1, width=width, height=height, sharex=True,
-                           gridspec_kw={"height_ratios": [r + 2 for r in rows]})
-    m = _DIAGRAM_MARGINS
-    fixed_margins(fig, left=m["left"], right=m["right"], top=m["top"], bottom=m["bottom"], hspace=m["gap"])
-    for i, (ax, (name, batch)) in enumerate(zip(axes[:, 0], batches.items())):
-        layout_diagram(batch, ax=ax, legend=i == 0)
+    structure = (width, *batches, *rows)
+    if redraws(fig, "layout_diagrams", structure):  # as many rows in each layout: new tokens in the same panels
+        axes = np.array(fig.axes).reshape(-1, 1)
+        for ax, batch in zip(axes[:, 0], batches.values()):
+            _paint_rows(ax, batch, batch.shape[0], None)
+    else:
+        height = 1.2 + 0.22 * sum(rows) + 0.5 * len(rows)
+        fig, axes = new_figure(len(batches), 1, width=width, height=height, sharex=True,
+                               gridspec_kw={"height_ratios": [r + 2 for r in rows]})
+        made_by(fig, "layout_diagrams", structure)
+        m = _DIAGRAM_MARGINS
+        fixed_margins(fig, left=m["left"], right=m["right"], top=m["top"], bottom=m["bottom"], hspace=m["gap"])
+        for i, (ax, batch) in enumerate(zip(axes[:, 0], batches.values())):
+            layout_diagram(batch, ax=ax, legend=i == 0)
+            if i < len(rows) - 1:
+                ax.set_xlabel("")
+    for ax, (name, batch) in zip(axes[:, 0], batches.items()):
         if name != batch.layout:
             ax.set_title(f"{name} — {ax.get_title()}", fontsize=10)
-        if i < len(rows) - 1:
-            ax.set_xlabel("")
     axes[-1, 0].set_xlim(-0.5, max(b.shape[1] for b in batches.values()) - 0.5)
     return fig
 
 
-def waste_bars(batches: Mapping[str, Batch] | Mapping[str, dict]):
-    """Compute per loss token, per layout: the loss token itself, context tokens, padding (stacked bars)."""
+def waste_bars(batches: Mapping[str, Batch] | Mapping[str, dict], *, fig=None):
+    """Compute per loss token, per layout: the loss token itself, context tokens, padding (stacked bars).
+    `fig`: an earlier figure of this plot to redraw in place."""
     wastes = {k: (layout_waste(v) if isinstance(v, Batch) else v) for k, v in batches.items()}
     names = list(wastes)
-    context = [w["tokens_per_loss_token"] - 1 for w in wastes.values()]
-    padding = [w["slots_per_loss_token"] - w["tokens_per_loss_token"] for w in wastes.values()]
-    fig, ax = new_figure(width=6.0, height=3.2)
+    context = np.array([w["tokens_per_loss_token"] - 1 for w in wastes.values()])
+    padding = np.array([w["slots_per_loss_token"] - w["tokens_per_loss_token"] for w in wastes.values()])
+    totals = [w["slots_per_loss_token"] for w in wastes.values()]
+    notes = [f"{w['slots_per_loss_token']:.1f}\n{w['padding_fraction']:.0%} pad" for w in wastes.values()]
     x = np.arange(len(names))
-    ax.bar(x, 1.0, color=ROLE_COLORS["assistant"], label="the loss token")
-    ax.bar(x, context, bottom=1.0, color=ROLE_COLORS["user"], label="context (prompt, earlier turns)")
-    ax.bar(x, padding, bottom=np.add(context, 1.0), color=ROLE_COLORS["pad"], hatch="//", edgecolor="white",
-           label="padding")
-    for xi, w in zip(x, wastes.values()):
-        ax.text(xi, w["slots_per_loss_token"], f"{w['slots_per_loss_token']:.1f}\n{w['padding_fraction']:.0%} pad",
-                ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(x, names)
-    ax.set_xlabel("layout")
-    ax.set_ylabel("positions computed per loss token")
-    ax.set_ylim(0, max(w["slots_per_loss_token"] for w in wastes.values()) * 1.25)
-    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title("Compute per loss token")
+    if redraws(fig, "waste_bars", tuple(names)):  # the same layouts: new bar heights and numbers
+        ax = fig.axes[0]
+        for bars, bottoms, heights in zip(ax.containers, (0 * context, 1 + 0 * context, 1 + context),
+                                          (1 + 0 * context, context, padding)):
+            for bar, bottom, height in zip(bars, bottoms, heights):
+                bar.set(y=bottom, height=height)
+        for text, total, note in zip(ax.texts, totals, notes):
+            text.set(y=total, text=note)
+    else:
+        fig, ax = new_figure(width=6.0, height=3.2)
+        made_by(fig, "waste_bars", tuple(names))
+        ax.bar(x, 1.0, color=ROLE_COLORS["assistant"], label="the loss token")
+        ax.bar(x, context, bottom=1.0, color=ROLE_COLORS["user"], label="context (prompt, earlier turns)")
+        ax.bar(x, padding, bottom=context + 1.0, color=ROLE_COLORS["pad"], hatch="//", edgecolor="white",
+               label="padding")
+        for xi, total, note in zip(x, totals, notes):
+            ax.text(xi, total, note, ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(x, names)
+        ax.set_xlabel("layout")
+        ax.set_ylabel("positions computed per loss token")
+        ax.yaxis.set_major_locator(InViewLocator(nbins=5))  # ticks not set by the axes size: the margin fits them
+        ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.set_title("Compute per loss token")
+    ax.set_ylim(0, max(totals) * 1.25)
     labels = [t.get_text() for t in ax.get_legend().get_texts()]  # margins for labels and legend: no layout
     fixed_margins(fig, left=y_label_room(ax), right=legend_width(labels, 8), top=0.35, bottom=0.7)  # per redraw
     return fig
