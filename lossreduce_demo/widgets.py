@@ -444,8 +444,8 @@ class AccumulationExplorer(_App):
         title = (f"{scheme.label}, {norm} normalisation, R={R}, K={K}: max relative error "
                  f"{error:.1%}" + (" (exact)" if error < 1e-9 else ""))
         order = "rows sorted by length, shortest first" if self.sort_by_length.value else "rows in data order"
-        return state, {"weights": lambda _: plots.effective_vs_ideal(batch, effective, ideal, rank=rank, step=step,
-                                                                   title=title, row_order=order)}
+        return state, {"weights": lambda fig: plots.effective_vs_ideal(
+            batch, effective, ideal, rank=rank, step=step, title=title, row_order=order, fig=fig)}
 
 
 # ---------------------------------------------------------------- Voilà dashboard
@@ -655,8 +655,8 @@ class FrameworkExplorer(_App):
                                f"{_escape(rec.scheme.label)} × {rec.normalization}, weight of a token "
                                f"<b>{_escape(formula)}</b>; max error vs the full batch: <b>{verdict}</b>")
         title = f"{name}: {spell(options)}\nR={R}, K={K}: max relative error vs the full batch {verdict}"
-        return state, {"weights": lambda _: plots.effective_vs_ideal(batch, effective, ideal, rank=rank, step=step,
-                                                                   title=title)}
+        return state, {"weights": lambda fig: plots.effective_vs_ideal(
+            batch, effective, ideal, rank=rank, step=step, title=title, fig=fig)}
 
 
 @lru_cache(maxsize=4)

@@ -433,12 +433,14 @@ def share_by_bucket(shares: Mapping[str, object], *, unit: str = "sample", fig=N
 
 
 def effective_vs_ideal(batch: Batch, effective, ideal, *, rank=None, step=None, title: str | None = None,
-                       row_order: str = "batch order"):
+                       row_order: str = "batch order", fig=None):
     """Per sample: weight per token the optimiser applies (bars, one colour per micro-batch) vs the full-batch
     weights (black ticks), and the relative error. rank/step are effective_weights' (B, T) placement tensors;
-    `row_order` names the order of the rows (the x label says it)."""
+    `row_order` names the order of the rows (the x label says it). `fig`: an earlier figure of this plot to
+    redraw in place."""
     eff, ref = length_profile(batch, effective), length_profile(batch, ideal)
     err = np.where(ref.weight_per_token > 0, (eff.weight_per_token - ref.weight_per_token) / ref.weight_per_token, 0)
+    err[np.abs(err) < 1e-12] = 0  # float rounding drawn as 0: an exact match is a flat line, not ±1e-17 bars
     groups = [(0, 0)] * len(eff)
     if rank is not None and step is not None:  # a sample never straddles micro-batches: any of its tokens tells
         mask = batch.loss_mask.numpy()
@@ -449,19 +451,34 @@ def effective_vs_ideal(batch: Batch, effective, ideal, *, rank=None, step=None, 
     order = {g: i for i, g in enumerate(dict.fromkeys(groups))}
     colors = [PALETTE[order[g] % len(PALETTE)] for g in groups]
     x = np.arange(len(eff))
-    fig, axes = new_figure(2, 1, width=8.0, height=5.0, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-    top, bottom = axes[0, 0], axes[1, 0]
-    top.bar(x, eff.weight_per_token, color=colors, width=0.8)  # linear from 0: a −24 % bar is 76 % as tall
-    top.scatter(x, ref.weight_per_token, marker="_", s=220, color="black", linewidths=2, zorder=3,
-                label="full batch (ideal)")
-    top.set_ylabel("weight per token")
+    if redraws(fig, "effective_vs_ideal", (len(eff),)):  # as many samples: new bar heights and colours
+        top, bottom = fig.axes
+        for bars, heights in ((top.containers[0], eff.weight_per_token), (bottom.containers[0], 100 * err)):
+            for bar, height, color in zip(bars, heights, colors):
+                bar.set(height=height, facecolor=color)
+        ideal_ticks = top.collections[0]
+        ideal_ticks.set_offsets(np.column_stack([x, ref.weight_per_token]))
+        bottom.lines[0].remove()  # the zero line: relim would take its interpolated path's rounding as data
+        for ax in (top, bottom):
+            refit_view(ax)
+        top.update_datalim(ideal_ticks.get_offsets())  # relim leaves a collection out: the ideal's ticks
+        top.autoscale_view()
+        bottom.axhline(0, color="black", linewidth=0.8)
+    else:
+        fig, axes = new_figure(2, 1, width=8.0, height=5.0, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+        made_by(fig, "effective_vs_ideal", (len(eff),))
+        top, bottom = axes[0, 0], axes[1, 0]
+        top.bar(x, eff.weight_per_token, color=colors, width=0.8)  # linear from 0: a −24 % bar is 76 % as tall
+        ideal_ticks = top.scatter(x, ref.weight_per_token, marker="_", s=220, color="black", linewidths=2,
+                                  zorder=3, label="full batch (ideal)")
+        top.set_ylabel("weight per token")
+        bottom.bar(x, 100 * err, color=colors, width=0.8)
+        bottom.axhline(0, color="black", linewidth=0.8)
+        bottom.set_ylabel("error vs ideal (%)")
     handles = [Patch(color=PALETTE[i % len(PALETTE)], label=f"rank {r}, micro-batch {k}")
                for (r, k), i in list(order.items())[:8]]
-    top.legend(handles=handles + top.get_legend_handles_labels()[0], fontsize=7, frameon=False, loc="upper left",
+    top.legend(handles=handles + [ideal_ticks], fontsize=7, frameon=False, loc="upper left",
                bbox_to_anchor=(1.0, 1.0))
-    bottom.bar(x, 100 * err, color=colors, width=0.8)
-    bottom.axhline(0, color="black", linewidth=0.8)
-    bottom.set_ylabel("error vs ideal (%)")
     every = max(1, -(-len(eff) // 32))  # the loss tokens of each sample under its bar: sorting shows as rising labels
     bottom.set_xticks(x[::every], [str(n) for n in eff.length[::every]], fontsize=7 if len(eff) > 16 else 8)
     bottom.set_xlabel(f"samples ({row_order}), labelled by their loss tokens")
