@@ -7,14 +7,16 @@ to VALUES_PER_CONTROL values spread over its range (each a first visit: the widg
 each level), at three levels:
     state   the numbers only (app.draw_figures = False),
     figs    + building the figures (no frontend: the figures are made, not shown),
-    png     the app's whole update as in a kernel (`_App._draw` with a frontend): each figure made, rendered to
-            PNG through the app's LayoutCache and set into its Image widget, then the garbage collection of the
-            figures replaced (with the objects alive at the app's start frozen, as the apps do in a kernel): what one
-            control change costs before the browser has every new image, plus that collection (~15 ms).
+    new     the app's whole update as in a kernel (`_App._draw` with a frontend) on new figures: each figure made,
+            rendered to PNG through the app's LayoutCache and set into its Image widget, then the garbage collection
+            of the figures replaced (with the objects alive at the app's start frozen, as the apps do in a kernel),
+    png     the same, with the figures redrawn in place where a plot can (plots.made_by): what one control change
+            costs before the browser has every new image, plus that collection (~15 ms).
 Printed: the load average (other processes slow every number), the baseline (one bare `token_weights` call), each
-control's median and worst update per level, then per view the median and worst png update and their ratio to the
-baseline (a ratio survives a busier machine better than milliseconds do), and the CPU time this process spent
-(time.process_time: near what a quiet machine takes, whatever else runs). Target: png ≤ 300 ms on a quiet laptop;
+control's median and worst update per level, then per view the median and worst png update, their ratio to the
+baseline (a ratio survives a busier machine better than milliseconds do), the CPU time this process spent
+(time.process_time: near what a quiet machine takes, whatever else runs) and the median png update over the
+median new one (what redrawing in place saves). Target: png ≤ 300 ms on a quiet laptop;
 tests/browser measures control change → new image end to end.
 Run: `LOSSREDUCE_THREADS=1 .venv/bin/python bench/widget_latency.py [view-substring ...]` (last line: JSON).
 """
@@ -37,7 +39,7 @@ from lossreduce_demo import widgets  # noqa: E402
 from lossreduce_demo.reductions import token_weights  # noqa: E402
 
 VALUES_PER_CONTROL = 5
-LEVELS = ("state", "figs", "png")
+LEVELS = ("state", "figs", "new", "png")
 
 
 def clear_caches() -> None:
@@ -75,9 +77,11 @@ def time_control(app, control, level: str) -> tuple[list[float], list[float]]:
     """Wall-clock and CPU seconds per update while `control` walks its values (then back to where it was)."""
     start = control.value
     app.draw_figures = level != "state"
-    widgets._frontend = lambda: level == "png"  # the app draws into its Image widgets as in a kernel
+    widgets._frontend = lambda: level in ("new", "png")  # the app draws into its Image widgets as in a kernel
     wall, cpu = [], []
     for value in control_values(control):
+        if level == "new":
+            app.figures = {}  # no figure to redraw in place: every one made anew
         begin, begin_cpu = time.perf_counter(), time.process_time()
         control.value = value  # the observer updates the app (an explorer) or its prediction (the Train app)
         wall.append(time.perf_counter() - begin)
@@ -112,7 +116,7 @@ def main(selected: list[str]) -> dict:
     for view, app in make_views().items():
         if selected and not any(s in view for s in selected):
             continue
-        png_times = []
+        png_times, new_times = [], []
         for control in app.controls:
             row = {}
             for level in ("state",) if isinstance(app, widgets.TrainingApp) else LEVELS:
@@ -121,8 +125,9 @@ def main(selected: list[str]) -> dict:
                 row[level] = {"median_ms": statistics.median(wall) * 1e3, "max_ms": max(wall) * 1e3,
                               "cpu_median_ms": statistics.median(cpu) * 1e3, "cpu_max_ms": max(cpu) * 1e3}
             if isinstance(app, widgets.TrainingApp):  # no figure: the prediction table is the whole update
-                row["figs"] = row["png"] = row["state"]
+                row["figs"] = row["new"] = row["png"] = row["state"]
             png_times.append(row["png"])
+            new_times.append(row["new"]["median_ms"])
             name = f"{view}: {control_name(app, control)}"
             results["controls"][name] = row
             print(f"{name:46s}" + "".join(f" {row[lv]['median_ms']:9.1f} {row[lv]['max_ms']:6.0f}" for lv in LEVELS))
@@ -131,13 +136,15 @@ def main(selected: list[str]) -> dict:
         results["views"][view] = {"median_ms": statistics.median(medians), "worst_control_ms": max(medians),
                                   "worst_update_ms": max(t["max_ms"] for t in png_times),
                                   "cpu_median_ms": statistics.median(cpu_medians),
-                                  "cpu_worst_update_ms": max(t["cpu_max_ms"] for t in png_times)}
+                                  "cpu_worst_update_ms": max(t["cpu_max_ms"] for t in png_times),
+                                  "in_place_over_new": statistics.median(medians) / statistics.median(new_times)}
     print(f"\n{'view (png level)':32s} {'median ms':>10s} {'worst control':>14s} {'worst update':>13s} "
-          f"{'median/baseline':>16s} {'CPU median':>11s} {'CPU worst':>10s}")
+          f"{'median/baseline':>16s} {'CPU median':>11s} {'CPU worst':>10s} {'in place/new':>13s}")
     for view, v in results["views"].items():
         v["median_over_baseline"] = v["median_ms"] / results["baseline_ms"]
         print(f"{view:32s} {v['median_ms']:10.1f} {v['worst_control_ms']:14.1f} {v['worst_update_ms']:13.1f} "
-              f"{v['median_over_baseline']:16.0f} {v['cpu_median_ms']:11.1f} {v['cpu_worst_update_ms']:10.1f}")
+              f"{v['median_over_baseline']:16.0f} {v['cpu_median_ms']:11.1f} {v['cpu_worst_update_ms']:10.1f} "
+              f"{v['in_place_over_new']:13.2f}")
     results["worst_update_ms"] = max(v["worst_update_ms"] for v in results["views"].values())
     results["cpu_worst_update_ms"] = max(v["cpu_worst_update_ms"] for v in results["views"].values())
     results["load_average_after"] = os.getloadavg()[:2]
