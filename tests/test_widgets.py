@@ -660,7 +660,7 @@ def redraw_walk(monkeypatch, explorer) -> tuple[set, list]:
 @pytest.mark.parametrize("explorer", list(WALKS), ids=lambda e: e.__name__)
 def test_a_redraw_in_place_shows_what_a_new_figure_shows(monkeypatch, explorer):
     """The analytic explorers of 01, 02, 03 and 07 redraw their figures in place (new data in the old artists:
-    about half the cost of a redraw); pixel for pixel they are what new figures of the same setting show, at every
+    a third less time per update); pixel for pixel they are what new figures of the same setting show, at every
     step."""
     in_place, differ = redraw_walk(monkeypatch, explorer)
     assert in_place == set(explorer().figures)

@@ -217,7 +217,8 @@ class LayoutCache:
 # Redrawing in place: a widget shows the same plot again and again with new data. A plot function that takes
 # `fig=` marks the figures it makes (`made_by`); given one of its own figures with the same structure (`redraws`:
 # the same schemes, buckets, shape), it sets the new data into the artists there instead of making new axes,
-# ticks and artists: about half the cost of a redraw. tests/test_widgets.py holds its PNGs equal to new figures'.
+# ticks and artists: a third less time per update (bench/widget_latency.py). tests/test_widgets.py holds the
+# PNGs equal to new figures'.
 
 
 def made_by(fig, plot: str, structure: tuple) -> None:
