@@ -13,6 +13,8 @@ Checked on every visible axes (colour bars included):
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from matplotlib.axis import XAxis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -201,3 +203,12 @@ def figure_text(fig: Figure) -> str:
     for legend in fig.legends:
         parts += [t.get_text() for t in legend.get_texts()]
     return "\n".join(p for p in parts if p)
+
+
+def decoded(png: bytes) -> np.ndarray:
+    """The RGBA pixels of PNG bytes (asserted to be a PNG), as Pillow reads them."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("RGBA"))

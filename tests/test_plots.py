@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from figure_checks import assert_readable, figure_problems, figure_text
+from figure_checks import assert_readable, decoded, figure_problems, figure_text
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from matplotlib.figure import Figure
@@ -473,14 +473,6 @@ def test_notebooks_show_figures_as_the_png_the_widgets_show():
         assert not np.array_equal(decoded(plots.png_bytes(fig)), decoded(shown))
     finally:
         InteractiveShell.clear_instance()
-
-
-def decoded(png: bytes) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(png)) as image:
-        assert image.format == "PNG"
-        return np.asarray(image.convert("RGBA"))
 
 
 @settings(max_examples=40)

@@ -635,7 +635,7 @@ SIZES = {widgets.WeightExplorer: {"n_conversations": 8}, widgets.FormatsExplorer
 def redraw_walk(monkeypatch, explorer) -> tuple[set, list]:
     """The explorer, in a kernel, walks its WALKS; after each step every figure's PNG is compared with a new
     figure's of the same setting. (names of the figures redrawn in place at least once, [(step, name) that differ])"""
-    from test_plots import decoded
+    from figure_checks import decoded
 
     from lossreduce_demo import plots
 

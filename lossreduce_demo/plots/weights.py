@@ -176,13 +176,14 @@ def waste_bars(batches: Mapping[str, Batch] | Mapping[str, dict], *, fig=None):
     names = list(wastes)
     context = np.array([w["tokens_per_loss_token"] - 1 for w in wastes.values()])
     padding = np.array([w["slots_per_loss_token"] - w["tokens_per_loss_token"] for w in wastes.values()])
+    ones = np.ones(len(names))
+    stacks = [(0 * ones, ones), (ones, context), (1 + context, padding)]  # (bottom, height): loss, context, pad
     totals = [w["slots_per_loss_token"] for w in wastes.values()]
     notes = [f"{w['slots_per_loss_token']:.1f}\n{w['padding_fraction']:.0%} pad" for w in wastes.values()]
     x = np.arange(len(names))
     if redraws(fig, "waste_bars", tuple(names)):  # the same layouts: new bar heights and numbers
         ax = fig.axes[0]
-        for bars, bottoms, heights in zip(ax.containers, (0 * context, 1 + 0 * context, 1 + context),
-                                          (1 + 0 * context, context, padding)):
+        for bars, (bottoms, heights) in zip(ax.containers, stacks):
             for bar, bottom, height in zip(bars, bottoms, heights):
                 bar.set(y=bottom, height=height)
         for text, total, note in zip(ax.texts, totals, notes):
@@ -190,10 +191,11 @@ def waste_bars(batches: Mapping[str, Batch] | Mapping[str, dict], *, fig=None):
     else:
         fig, ax = new_figure(width=6.0, height=3.2)
         made_by(fig, "waste_bars", tuple(names))
-        ax.bar(x, 1.0, color=ROLE_COLORS["assistant"], label="the loss token")
-        ax.bar(x, context, bottom=1.0, color=ROLE_COLORS["user"], label="context (prompt, earlier turns)")
-        ax.bar(x, padding, bottom=context + 1.0, color=ROLE_COLORS["pad"], hatch="//", edgecolor="white",
-               label="padding")
+        styles = [dict(color=ROLE_COLORS["assistant"], label="the loss token"),
+                  dict(color=ROLE_COLORS["user"], label="context (prompt, earlier turns)"),
+                  dict(color=ROLE_COLORS["pad"], hatch="//", edgecolor="white", label="padding")]
+        for (bottoms, heights), style in zip(stacks, styles):
+            ax.bar(x, heights, bottom=bottoms, **style)
         for xi, total, note in zip(x, totals, notes):
             ax.text(xi, total, note, ha="center", va="bottom", fontsize=8)
         ax.set_xticks(x, names)
