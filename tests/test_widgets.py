@@ -608,7 +608,6 @@ def test_the_dashboards_two_apps_share_one_freeze(monkeypatch):
         InteractiveShell.clear_instance()
 
 
-
 WALKS = {  # every control of an explorer whose figures redraw in place, and back to a first structure
     widgets.WeightExplorer: [
         ("scheme", "seq-mean-token-sum"), ("long_fraction", 0.5), ("turns", 2), ("layout", "split"),
